@@ -1,0 +1,119 @@
+"""The ``singleshot`` command line.
+
+Each subcommand lives in ``singleshot/commands/<name>.py`` and defines ``HELP`` (one line),
+``EXAMPLES`` (shown under ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors a user can cause are raised as :class:`singleshot.errors.UserError` and printed as one
+sentence; anything else is a bug in singleshot and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+
+from singleshot import __version__
+from singleshot.errors import UserError
+
+# Subcommand name -> module under singleshot.commands. Order is the order of `singleshot --help`.
+COMMANDS = {
+    "train": "train",
+    "eval": "evaluate",
+    "detect": "detect",
+    "export": "export",
+    "demo": "demo",
+    "models": "models",
+    "synth": "synth",
+    "check-data": "check_data",
+    "bench": "bench",
+}
+
+MAIN_EXAMPLES = """\
+examples:
+  singleshot demo                                   # synthesise data, train, evaluate, draw: minutes on a CPU
+  singleshot synth data/shapes --images 500         # a synthetic VOC-style data set
+  singleshot train --data data/shapes --out runs/a  # train the default small model
+  singleshot eval runs/a/best.pt --data data/shapes --split test
+  singleshot detect runs/a/best.pt photo.jpg --out detections/
+  singleshot export runs/a/best.pt --out model.onnx
+"""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with "did you mean" for misspelt options and subcommands, and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        hint = ""
+        words = [a for a in sys.argv[1:] if a.startswith("-")]
+        known = [s for action in self._actions for s in action.option_strings]
+        if "unrecognized arguments" in message:
+            for word in words:
+                name = word.split("=", 1)[0]
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    if close:
+                        hint = f" Did you mean {close[0]}?"
+                        break
+        elif "invalid choice" in message:
+            choice = message.split("'", 2)[1] if "'" in message else ""
+            choices = []
+            for action in self._actions:
+                if action.choices:
+                    choices.extend(action.choices)
+            close = difflib.get_close_matches(choice, [str(c) for c in choices], n=1)
+            if close:
+                hint = f" Did you mean {close[0]}?"
+        self.exit(2, f"{self.prog}: error: {message}.{hint} See '{self.prog} --help'.\n")
+
+
+def _load(name: str):
+    return importlib.import_module(f"singleshot.commands.{COMMANDS[name]}")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="singleshot",
+        description="SSD, the Single Shot MultiBox Detector: train, evaluate, detect, export.",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"singleshot {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for name in COMMANDS:
+        try:
+            module = _load(name)
+        except ModuleNotFoundError as exc:  # a command not written yet
+            if exc.name != f"singleshot.commands.{COMMANDS[name]}":
+                raise
+            continue
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=getattr(module, "EXAMPLES", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"singleshot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"singleshot {args.command}: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
