@@ -18,7 +18,6 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou as _tv_box_iou
 
 # exp() of anything above this overflows nothing and is already a box 50x the prior's size.
 _MAX_LOG_SCALE = math.log(1000.0 / 16)
@@ -57,19 +56,20 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Jaccard overlap of xyxy boxes.
 
     Args:
-        boxes1: Tensor[N, 4] or Tensor[B, N, 4]; boxes2: Tensor[M, 4] or Tensor[B, M, 4].
+        boxes1: Tensor[N, 4] or Tensor[B, N, 4]; boxes2: Tensor[M, 4] or Tensor[B, M, 4]
+            (leading dimensions broadcast: Tensor[B, N, 4] against one Tensor[M, 4] is fine).
 
     Returns:
-        Tensor[N, M] (or Tensor[B, N, M]) in [0, 1]; a pair whose union is empty has IoU 0.
+        Tensor[N, M] (or Tensor[B, N, M]) in [0, 1], symmetric in its arguments. A box with x2 < x1 or
+        y2 < y1 has area 0 (as in :func:`box_area`), and a pair whose union is empty has IoU 0, never NaN.
+        (``torchvision.ops.box_iou`` gives negative or NaN values for such boxes, hence this version.)
     """
-    if boxes1.dim() == 2 and boxes2.dim() == 2:
-        return _tv_box_iou(boxes1, boxes2).nan_to_num_(0.0)
-    area1 = box_area(boxes1)  # (B, N)
-    area2 = box_area(boxes2)  # (B, M)
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (B, N, M, 2)
+    area1 = box_area(boxes1)  # (..., N)
+    area2 = box_area(boxes2)  # (..., M)
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (..., N, M, 2)
     rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = wh[..., 0] * wh[..., 1]  # (..., N, M)
     union = area1[..., :, None] + area2[..., None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
 

@@ -72,7 +72,7 @@ def match_priors(
     size = gt_boxes[..., 2:] - gt_boxes[..., :2]
     valid = gt_valid & (size > 0).all(-1)  # (B, G)
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh).to(gt_boxes.dtype)
-    iou = box_iou(gt_boxes.reshape(-1, 4), priors_xyxy).view(batch, g, p)  # (B, G, P)
+    iou = box_iou(gt_boxes, priors_xyxy)  # (B, G, P)
     iou = iou.masked_fill(~valid[..., None], -1.0)
 
     best_gt_iou, best_gt = iou.max(dim=1)  # (B, P): first maximal ground truth

@@ -126,12 +126,14 @@ def default_boxes(
         fh, fw = _pair(feature_sizes[k])
         if steps is not None:
             step_y, step_x = _pair(steps[k])
-            sy, sx = step_y / img_h, step_x / img_w
+            # (j + 0.5) * step / size: the product is exact, so one rounding (the division) in float64.
+            cy = (torch.arange(fh, dtype=torch.float64) + 0.5) * step_y / img_h
+            cx = (torch.arange(fw, dtype=torch.float64) + 0.5) * step_x / img_w
         else:
-            sy, sx = 1.0 / fh, 1.0 / fw
-        # Centres in float64 so that the float32 result is the correctly rounded value.
-        cy = (torch.arange(fh, dtype=torch.float64) + 0.5) * sy
-        cx = (torch.arange(fw, dtype=torch.float64) + 0.5) * sx
+            cy = (torch.arange(fh, dtype=torch.float64) + 0.5) / fh
+            cx = (torch.arange(fw, dtype=torch.float64) + 0.5) / fw
+        # A single float64 rounding followed by the cast gives the correctly rounded float32 centre
+        # (double rounding is harmless for one division), i.e. exactly torchvision's float32 centres.
         cy, cx = torch.meshgrid(cy, cx, indexing="ij")  # (fh, fw), row-major
         wh = torch.tensor(_cell_shapes(scales[k], scales[k + 1], aspect_ratios[k]), dtype=torch.float64)  # (n, 2)
         n = wh.shape[0]
