@@ -37,6 +37,8 @@ def ssd_scales(num_layers: int, s_min: float = 0.2, s_max: float = 0.9) -> list[
     """The seed's linear scales s_1 .. s_(m+1) for ``num_layers`` = m source layers.
 
     ``s_(m+1)`` continues the line past ``s_max``; it is used only for the last layer's extra box.
+    With a single layer the formula is undefined (m - 1 = 0): the scales are then ``[s_min, s_max]``,
+    as in torchvision.
     """
     if num_layers < 1:
         raise ValueError("num_layers must be at least 1")

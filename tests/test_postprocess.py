@@ -1,0 +1,168 @@
+"""Post-processing: hand cases for each rule, batch consistency, torchvision's postprocess_detections, and the
+README's core API example."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models.detection.image_list import ImageList
+
+from singleshot.boxes import xyxy_to_cxcywh
+from singleshot.postprocess import postprocess
+from singleshot.priors import TORCHVISION_SSD300, default_boxes
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# Three priors: 0 and 1 overlap (IoU 0.818), 2 is apart. Zero deltas decode to the priors themselves.
+PRIORS = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.05, 0.0, 0.55, 0.5], [0.5, 0.5, 1.0, 1.0]]))
+PROBS = torch.tensor(  # (background, class 1, class 2) per prior
+    [[0.1, 0.6, 0.3], [0.25, 0.5, 0.25], [0.975, 0.005, 0.02]]
+)
+
+
+def _run(**kwargs):
+    logits = PROBS.log()[None]  # softmax gives PROBS back
+    return postprocess(logits, torch.zeros(1, 3, 4), PRIORS, [(200, 400)], **kwargs)[0]
+
+
+def _assert_detections(det, expected):
+    """expected: (score, label, prior index) rows."""
+    assert det["scores"].tolist() == pytest.approx([s for s, _, _ in expected], abs=1e-6)
+    assert det["labels"].tolist() == [label for _, label, _ in expected]
+    pixels = torch.tensor([[0.0, 0.0, 200.0, 100.0], [20.0, 0.0, 220.0, 100.0], [200.0, 100.0, 400.0, 200.0]])
+    torch.testing.assert_close(det["boxes"], pixels[[i for _, _, i in expected]].reshape(-1, 4))
+
+
+def test_hand_case_threshold_classwise_nms_and_order():
+    # Class 1: prior 1 (0.5) is suppressed by prior 0 (0.6); prior 2 (0.005) is below 0.01.
+    # Class 2: prior 0 (0.3) stays although prior 0 also won class 1; prior 1 suppressed; prior 2 (0.02) kept.
+    _assert_detections(_run(), [(0.6, 1, 0), (0.3, 2, 0), (0.02, 2, 2)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(max_detections=2), [(0.6, 1, 0), (0.3, 2, 0)]),
+        (dict(candidates_per_class=1), [(0.6, 1, 0), (0.3, 2, 0)]),
+        (dict(score_threshold=0.3), [(0.6, 1, 0)]),  # strictly above the threshold
+        (dict(score_threshold=0.0), [(0.6, 1, 0), (0.3, 2, 0), (0.02, 2, 2), (0.005, 1, 2)]),
+        (dict(nms_threshold=0.9), [(0.6, 1, 0), (0.5, 1, 1), (0.3, 2, 0), (0.25, 2, 1), (0.02, 2, 2)]),
+    ],
+)
+def test_each_setting(kwargs, expected):
+    _assert_detections(_run(**kwargs), expected)
+
+
+def test_boxes_clipped_to_each_image_in_its_pixels():
+    deltas = torch.zeros(2, 3, 4)
+    deltas[:, 2] = torch.tensor([0.0, 0.0, 5 * math.log(3.0), 0.0])  # prior 2 three times wider: x in [0, 1.5]
+    logits = PROBS.log()[None].repeat(2, 1, 1)
+    first, second = postprocess(logits, deltas, PRIORS, [(200, 400), (50, 60)])
+    torch.testing.assert_close(first["boxes"][2], torch.tensor([0.0, 100.0, 400.0, 200.0]))
+    torch.testing.assert_close(second["boxes"], torch.tensor([[0.0, 0.0, 30.0, 25.0], [0.0, 0.0, 30.0, 25.0],
+                                                              [0.0, 25.0, 60.0, 50.0]]))
+    # image_sizes may be a tensor too.
+    again = postprocess(logits, deltas, PRIORS, torch.tensor([[200, 400], [50, 60]]))
+    torch.testing.assert_close(again[1]["boxes"], second["boxes"])
+
+
+def test_background_never_returned_and_empty_images_have_the_right_shapes():
+    logits = torch.zeros(3, 3, 3)
+    logits[0, :, 0] = 20.0  # image 0: background everywhere
+    logits[2, :, 0] = 20.0
+    logits[2, 1, 2] = 25.0  # image 2: one confident class-2 box
+    dets = postprocess(logits, torch.zeros(3, 3, 4), PRIORS, [(10, 10)] * 3)
+    assert len(dets) == 3
+    empty = dets[0]
+    assert empty["boxes"].shape == (0, 4) and empty["scores"].shape == (0,) and empty["labels"].shape == (0,)
+    assert empty["boxes"].dtype == torch.float32 and empty["labels"].dtype == torch.int64
+    assert (dets[1]["labels"] > 0).all() and len(dets[1]["labels"]) > 0  # uniform scores 1/3: no background
+    assert dets[2]["labels"].tolist() == [2]
+    none_at_all = postprocess(torch.zeros(2, 3, 3), torch.zeros(2, 3, 4), PRIORS, [(10, 10)] * 2,
+                              score_threshold=0.5)
+    assert all(d["boxes"].shape == (0, 4) for d in none_at_all)
+
+
+def test_batch_equals_one_image_at_a_time(rng):
+    priors = default_boxes([5, 3, 1], [[2], [2, 3], [2]])
+    logits = torch.randn(3, len(priors), 6, generator=rng) * 2
+    deltas = torch.randn(3, len(priors), 4, generator=rng)
+    sizes = [(100, 200), (300, 300), (64, 48)]
+    kwargs = dict(score_threshold=0.05, candidates_per_class=30, max_detections=25)
+    batched = postprocess(logits, deltas, priors, sizes, **kwargs)
+    for b in range(3):
+        alone = postprocess(logits[b:b + 1], deltas[b:b + 1], priors, sizes[b:b + 1], **kwargs)[0]
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(batched[b][key], alone[key])
+        assert 0 < len(alone["scores"]) <= 25
+        assert (alone["scores"][:-1] >= alone["scores"][1:]).all()
+
+
+def test_many_groups_do_not_cost_nms_precision():
+    # Two boxes of IoU 0.4501 in the last class of the last of 64 images (81 classes): NMS at 0.45 must drop
+    # the second one. batched_nms separates the 5184 (image, class) groups by shifting coordinates ~1e6 px,
+    # where float32 steps are 0.06 px, enough to read the IoU as below 0.45; singleshot runs it in float64.
+    iou, batch, num_classes = 0.4501, 64, 81
+    x = 100 * (1 - iou) / (1 + iou)  # shift of a 100 px square giving that IoU with the unshifted one
+    priors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 100.0, 100.0], [x, 0.0, 100 + x, 100.0]]) / 300)
+    logits = torch.zeros(batch, 2, num_classes)
+    logits[-1, :, -1] = torch.tensor([10.0, 9.0])
+    dets = postprocess(logits, torch.zeros(batch, 2, 4), priors, [(300, 300)] * batch, score_threshold=0.5)
+    assert [len(d["scores"]) for d in dets] == [0] * (batch - 1) + [1]
+    alone = postprocess(logits[-1:], torch.zeros(1, 2, 4), priors, [(300, 300)], score_threshold=0.5)[0]
+    assert torch.equal(dets[-1]["boxes"], alone["boxes"]) and torch.equal(dets[-1]["scores"], alone["scores"])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=400, max_detections=200),
+        dict(score_threshold=0.08, nms_threshold=0.6, candidates_per_class=50, max_detections=30),
+    ],
+)
+def test_agrees_with_torchvision_postprocess_detections(settings, torchvision_ssd300, rng):
+    model = torchvision_ssd300.eval()
+    model.score_thresh, model.nms_thresh = settings["score_threshold"], settings["nms_threshold"]
+    model.topk_candidates, model.detections_per_img = settings["candidates_per_class"], settings["max_detections"]
+    priors = default_boxes(**TORCHVISION_SSD300, clip="wh")
+    batch = 2
+    logits = torch.randn(batch, len(priors), 21, generator=rng) * 2
+    deltas = torch.randn(batch, len(priors), 4, generator=rng)
+    sizes = TORCHVISION_SSD300["feature_sizes"]
+    anchors = model.anchor_generator(ImageList(torch.zeros(batch, 3, 300, 300), [(300, 300)] * batch),
+                                     [torch.zeros(batch, 1, s, s) for s in sizes])
+    theirs = model.postprocess_detections({"cls_logits": logits, "bbox_regression": deltas}, anchors,
+                                          [(300, 300)] * batch)
+    # torchvision then rescales from the 300 x 300 input to each original image size.
+    originals = [(375, 500), (300, 200)]
+    theirs_original = model.transform.postprocess([dict(d) for d in theirs], [(300, 300)] * batch, originals)
+    for image_sizes, reference in [([(300, 300)] * batch, theirs), (originals, theirs_original)]:
+        ours = postprocess(logits, deltas, priors, image_sizes, **settings)
+        for mine, tv in zip(ours, reference):
+            assert len(mine["scores"]) == len(tv["scores"]) > 0
+            assert torch.equal(mine["labels"], tv["labels"])
+            torch.testing.assert_close(mine["scores"], tv["scores"], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(mine["boxes"], tv["boxes"], rtol=1e-5, atol=1e-3)
+    assert len(theirs[0]["scores"]) == settings["max_detections"]  # the cap is exercised
+
+
+def _readme_core_api_block() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## The core API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_core_api_example_runs_as_written():
+    code = _readme_core_api_block()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    loss, shape = out.getvalue().strip().split(" ", 1)
+    assert math.isfinite(float(loss)) and float(loss) > 0
+    assert shape.startswith("torch.Size([") and shape.endswith(", 4])")
