@@ -66,12 +66,21 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     area1 = box_area(boxes1)  # (..., N)
     area2 = box_area(boxes2)  # (..., M)
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (..., N, M, 2)
-    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # (..., N, M)
-    union = area1[..., :, None] + area2[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+    # One (..., N, M) tensor per coordinate rather than (..., N, M, 2) pairs, from contiguous coordinate
+    # columns (strided ones defeat vectorisation), and three (..., N, M) buffers in all: fresh large tensors
+    # cost page faults on the CPU, more than the arithmetic.
+    x1a, y1a, x2a, y2a = (c.contiguous()[..., :, None] for c in boxes1.unbind(-1))  # (..., N, 1) each
+    x1b, y1b, x2b, y2b = (c.contiguous()[..., None, :] for c in boxes2.unbind(-1))  # (..., 1, M) each
+    reuse = not (torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad))  # out= has no grad
+    inter = torch.minimum(x2a, x2b)
+    tmp = torch.maximum(x1a, x1b)
+    inter.sub_(tmp).clamp_(min=0)  # overlap width
+    h = torch.minimum(y2a, y2b, out=tmp if reuse else None)
+    h.sub_(torch.maximum(y1a, y1b)).clamp_(min=0)  # overlap height
+    inter.mul_(h)  # (..., N, M)
+    union = torch.add(area1[..., :, None], area2[..., None, :], out=h if reuse else None).sub_(inter)
+    # inter <= min(area1, area2) <= union, so an empty union has inter = 0 and 0 / tiny = 0: no NaN.
+    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
 
 
 def encode(boxes_xyxy: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:

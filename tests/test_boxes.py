@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import box_iou as tv_box_iou
 
 from singleshot.boxes import (
     box_area,
@@ -92,6 +93,27 @@ def test_batched_iou_equals_per_image(gt, priors_a, priors_b):
     assert torch.equal(iou[0], box_iou(gt, priors_a)) and torch.equal(iou[1], box_iou(gt.flip(0), priors_b))
     shared = box_iou(batch, priors_a)  # one set of priors for the whole batch
     assert torch.equal(shared[1], box_iou(gt.flip(0), priors_a))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_iou_of_valid_boxes_is_bitwise_torchvisions(dtype, rng):
+    """Same arithmetic as torchvision.ops.box_iou (and its NMS kernel): (a1 + a2) - inter, then divide."""
+    a = torch.rand(30, 4, generator=rng, dtype=dtype) * 100
+    b = torch.rand(40, 4, generator=rng, dtype=dtype) * 100
+    a, b = torch.cat([a[:, :2], a[:, :2] + a[:, 2:]], 1), torch.cat([b[:, :2], b[:, :2] + b[:, 2:] / 4], 1)
+    assert torch.equal(box_iou(a, b), tv_box_iou(a, b))
+    assert torch.equal(box_iou(a[None].expand(3, -1, -1), b)[2], tv_box_iou(a, b))
+
+
+def test_iou_gradient_equals_torchvisions(rng):
+    # With gradients on, box_iou must not write into buffers with out= (no autograd there).
+    a, b = (torch.rand(n, 4, generator=rng, dtype=torch.float64).cumsum(1).requires_grad_() for n in (5, 6))
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    weights = torch.arange(30.0, dtype=torch.float64).view(5, 6)
+    (box_iou(a, b) * weights).sum().backward()
+    (tv_box_iou(a2, b2) * weights).sum().backward()
+    torch.testing.assert_close(a.grad, a2.grad)
+    torch.testing.assert_close(b.grad, b2.grad)
 
 
 def test_encode_with_unit_variances_is_the_seed_formula_by_hand():

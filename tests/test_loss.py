@@ -12,7 +12,16 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou as tv_box_iou
 
 from singleshot.boxes import encode, xyxy_to_cxcywh
-from singleshot.loss import MultiBoxLoss, mine_hard_negatives
+from singleshot.loss import (
+    MultiBoxLoss,
+    _background_loss,
+    _loss_sums_dense,
+    _loss_sums_sparse,
+    _mine,
+    _targets_dense,
+    _targets_sparse,
+    mine_hard_negatives,
+)
 from singleshot.matching import match_priors, pad_targets
 from singleshot.priors import TORCHVISION_SSD300, default_boxes
 
@@ -256,3 +265,75 @@ def test_torchvision_ssd_forward_end_to_end(torchvision_ssd300, separated_boxes,
     torch.testing.assert_close(ours["conf"], theirs["classification"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits.grad, heads["cls_logits"].grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(deltas.grad, heads["bbox_regression"].grad, rtol=1e-4, atol=1e-6)
+
+
+# --- the CPU fast paths against the dense reference paths (the ones CUDA runs) ---------------------------
+
+
+def _batch(rng, separated_boxes, batch=6, scale=3.0):
+    priors = default_boxes(**TORCHVISION_SSD300, clip="wh")
+    targets = [{"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
+               for b in separated_boxes(rng, batch, 9)]
+    logits = torch.randn(batch, len(priors), 21, generator=rng) * scale
+    deltas = torch.randn(batch, len(priors), 4, generator=rng)
+    return priors, targets, logits, deltas
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_targets_equal_dense_targets(seed, separated_boxes):
+    rng = torch.Generator().manual_seed(seed)
+    priors, targets, _, _ = _batch(rng, separated_boxes)
+    boxes, labels, valid = pad_targets(targets)
+    matched = match_priors(boxes, valid, priors)
+    dense = _targets_dense(matched, boxes, labels, priors, (0.1, 0.2))
+    sparse = _targets_sparse(matched, boxes, labels, priors, (0.1, 0.2))
+    assert (dense[0] > 0).sum() > 30
+    for a, b in zip(dense, sparse):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_loss_sums_and_gradients_equal_the_dense_ones(seed, separated_boxes):
+    rng = torch.Generator().manual_seed(seed)
+    priors, targets, logits, deltas = _batch(rng, separated_boxes)
+    labels, offsets = MultiBoxLoss(priors).match(targets)
+    results = []
+    for sums in (_loss_sums_dense, _loss_sums_sparse):
+        lg, dl = logits.clone().requires_grad_(), deltas.clone().requires_grad_()
+        loc, conf = sums(lg, dl, labels, offsets, 3.0)
+        (loc + 2 * conf).backward()
+        results.append((loc, conf, lg.grad, dl.grad))
+    (loc_d, conf_d, glg_d, gdl_d), (loc_s, conf_s, glg_s, gdl_s) = results
+    torch.testing.assert_close(loc_s, loc_d, rtol=1e-5, atol=0)
+    torch.testing.assert_close(conf_s, conf_d, rtol=1e-5, atol=0)
+    torch.testing.assert_close(glg_s, glg_d, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gdl_s, gdl_d)
+    assert torch.equal(glg_s != 0, glg_d != 0)  # the same rows count: same mining
+
+
+def test_background_loss_equals_cross_entropy_also_for_extreme_logits(rng):
+    logits = torch.randn(2, 50, 7, generator=rng) * 4
+    logits[0, 0] = torch.tensor([200.0, 0, 0, 0, 0, 0, 0])  # exp overflows: redone with logsumexp
+    logits[0, 1] = torch.tensor([0.0, 0, 300, 0, 0, 0, 0])
+    logits[0, 2] = -150.0  # exp underflows to 0 / subnormals
+    logits[0, 3, 3] = -1e4
+    reference = F.cross_entropy(logits.reshape(-1, 7), torch.zeros(100, dtype=torch.int64), reduction="none")
+    ours = _background_loss(logits).reshape(-1)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=2e-6)
+    assert ours[1].item() == pytest.approx(300.0) and ours[0].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mining_by_topk_equals_mining_by_full_sort_with_ties(seed):
+    rng = torch.Generator().manual_seed(seed)
+    conf = torch.randint(0, 6, (5, 300), generator=rng).float()  # many equal losses
+    positive = torch.rand(5, 300, generator=rng) < torch.tensor([0.0, 0.01, 0.05, 0.2, 0.4])[:, None]
+    for ratio in (0.5, 1.0, 3.0, 10.0):
+        partial = _mine(conf, positive, ratio, partial=True)
+        full = _mine(conf, positive, ratio, partial=False)
+        assert torch.equal(partial, full)
+        # the same as a stable descending sort of the negatives' losses, first n of each image
+        for b in range(5):
+            n = min(int(positive[b].sum() * ratio), int((~positive[b]).sum()))
+            order = torch.sort(conf[b].masked_fill(positive[b], -math.inf), descending=True, stable=True).indices
+            assert partial[b].nonzero().flatten().tolist() == sorted(order[:n].tolist())

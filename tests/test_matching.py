@@ -8,7 +8,7 @@ from torchvision.models.detection._utils import SSDMatcher
 from torchvision.ops import box_iou as tv_box_iou
 
 from singleshot.boxes import box_iou, cxcywh_to_xyxy, xyxy_to_cxcywh
-from singleshot.matching import match_priors, pad_targets
+from singleshot.matching import _maxima_dense, _maxima_sparse, match_priors, pad_targets
 from singleshot.priors import TORCHVISION_SSD300, default_boxes
 
 # Priors given as xyxy (dyadic numbers, so every IoU below is exact), converted to centre form.
@@ -130,3 +130,44 @@ def test_agrees_with_torchvision_ssd_matcher_and_a_plain_loop(seed, separated_bo
         assert torch.equal(matched[b], _reference_match(gt, cxcywh_to_xyxy(priors), 0.5))
         assert set(matched[b][matched[b] >= 0].tolist()) == set(range(len(gt)))  # every gt has a prior
     assert (matched >= 0).sum() > 30  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparse_maxima_equal_the_dense_ones_where_used(seed):
+    """The CPU path finds argmax indices only where matching reads them; CUDA's finds all. Boxes on a coarse
+    grid make many equal overlaps, so the "first maximum" rules are exercised."""
+    rng = torch.Generator().manual_seed(seed)
+    grid = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0],
+                         [0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.25, 0.25]])
+    priors_xyxy = torch.cat([grid, grid * 0.5, grid * 0.5 + 0.5])
+    gt = grid[torch.randint(0, len(grid), (4, 5), generator=rng)]  # (B, G, 4), repeated boxes included
+    valid = torch.rand(4, 5, generator=rng) < 0.8
+    iou = box_iou(gt, priors_xyxy).masked_fill_(~valid[..., None], -1.0)
+    for threshold in (0.2, 0.5):
+        sparse = _maxima_sparse(iou, valid, threshold)
+        dense = _maxima_dense(iou, valid)
+        assert torch.equal(sparse[0], dense[0]) and torch.equal(sparse[2], dense[2])
+        used = sparse[0] >= threshold
+        assert used.any() and torch.equal(sparse[1][used], dense[1][used])
+        assert torch.equal(sparse[3][sparse[2]], dense[3][dense[2]])
+    matched = match_priors(gt, valid, xyxy_to_cxcywh(priors_xyxy))
+    for b in range(4):  # and the whole matching against the one-ground-truth-at-a-time reference
+        if valid[b].any():
+            keep = valid[b].nonzero().flatten()
+            reference = _reference_match_ties(gt[b][keep], priors_xyxy, 0.5)
+            assert torch.equal(matched[b], torch.where(reference >= 0, keep[reference.clamp(min=0)], -1))
+
+
+def _reference_match_ties(gt, priors_xyxy, threshold):
+    """The documented tie rules, one ground truth at a time: lower gt index wins a tied prior; a gt's forced
+    prior is its first best; a later gt takes over a shared forced prior."""
+    iou = box_iou(gt, priors_xyxy)
+    matched = torch.full((len(priors_xyxy),), -1, dtype=torch.int64)
+    for p in range(len(priors_xyxy)):
+        best = iou[:, p].max()
+        if best >= threshold:
+            matched[p] = int((iou[:, p] == best).nonzero()[0])
+    for j in range(len(gt)):
+        if iou[j].max() > 0:
+            matched[int((iou[j] == iou[j].max()).nonzero()[0])] = j
+    return matched

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import nms
 
 from singleshot.boxes import xyxy_to_cxcywh
-from singleshot.postprocess import postprocess
+from singleshot.postprocess import _candidates, _nms_batched, nms_sorted_groups, postprocess
 from singleshot.priors import TORCHVISION_SSD300, default_boxes
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -166,3 +167,73 @@ def test_readme_core_api_example_runs_as_written():
     loss, shape = out.getvalue().strip().split(" ", 1)
     assert math.isfinite(float(loss)) and float(loss) > 0
     assert shape.startswith("torch.Size([") and shape.endswith(", 4])")
+
+
+# --- the batched NMS and the candidate selection against simple references -------------------------------
+
+
+def _random_groups(rng, num_groups, max_size, dtype=torch.float32):
+    """Boxes in consecutive groups, each sorted by descending score; clustered so that NMS has work."""
+    counts = torch.randint(0, max_size + 1, (num_groups,), generator=rng)
+    n = int(counts.sum())
+    centres = torch.rand(n, 2, generator=rng, dtype=dtype) * 60
+    sizes = 5 + torch.rand(n, 2, generator=rng, dtype=dtype) * 20
+    clustered = torch.rand(n, 1, generator=rng) < 0.5  # around a few grid points, of similar sizes
+    centres = torch.where(clustered, centres.round(decimals=-1) + torch.randn(n, 2, generator=rng, dtype=dtype), centres)
+    sizes = torch.where(clustered, 12 + torch.randn(n, 2, generator=rng, dtype=dtype), sizes)
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], 1)
+    scores = torch.rand(n, generator=rng, dtype=dtype)
+    scores[torch.rand(n, generator=rng) < 0.1] = 0.5  # equal scores: the given order decides
+    starts = torch.cumsum(counts, 0) - counts
+    order = torch.cat([s + torch.sort(scores[s:s + c], descending=True, stable=True).indices
+                       for s, c in zip(starts.tolist(), counts.tolist())])
+    boxes[2] = boxes[1]  # identical boxes (IoU 1)
+    return boxes[order], scores[order], counts
+
+
+@pytest.mark.parametrize(("seed", "threshold", "dtype"),
+                         [(0, 0.45, torch.float32), (1, 0.3, torch.float32), (2, 0.7, torch.float64), (3, 0.5, torch.float32)])
+def test_nms_sorted_groups_equals_torchvision_nms_per_group(seed, threshold, dtype):
+    rng = torch.Generator().manual_seed(seed)
+    boxes, scores, counts = _random_groups(rng, 40, 70, dtype)
+    keep = nms_sorted_groups(boxes, scores, counts, threshold)
+    expected = torch.zeros(len(boxes), dtype=torch.bool)
+    start = 0
+    for c in counts.tolist():  # the reference: torchvision's kernel one group at a time
+        expected[start + nms(boxes[start:start + c], scores[start:start + c], threshold)] = True
+        start += c
+    assert torch.equal(keep, expected)
+    assert 0 < int(keep.sum()) < len(boxes) * 0.97  # NMS did suppress, and kept
+    groups = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    assert torch.equal(_nms_batched(boxes, scores, groups, threshold), expected)  # the CUDA path
+
+
+def test_nms_threshold_is_strict_and_exact():
+    # Two 4x4 squares, shifted by 4/3 px: IoU = (8/3 * 4) / (32 - 8/3 * 4) = 0.5 exactly in float32? Use a
+    # dyadic case instead: overlap 2x4 of two 4x4 squares -> 8 / 24 = 1/3; and the float32 neighbours of t.
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 0.0, 6.0, 4.0]])
+    scores = torch.tensor([0.9, 0.8])
+    iou = 1 / 3
+    for threshold in (iou, float(torch.tensor(iou, dtype=torch.float32)), math.nextafter(iou, 0), 0.3):
+        expected = torch.zeros(2, dtype=torch.bool)
+        expected[nms(boxes, scores, threshold)] = True
+        assert torch.equal(nms_sorted_groups(boxes, scores, torch.tensor([2]), threshold), expected), threshold
+    assert nms_sorted_groups(boxes, scores, torch.tensor([2]), 0.3).tolist() == [True, False]
+    assert nms_sorted_groups(boxes, scores, torch.tensor([1, 1]), 0.3).tolist() == [True, True]  # other group
+    assert nms_sorted_groups(boxes[:0], scores[:0], torch.tensor([0, 0]), 0.3).shape == (0,)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 0.2, 0.9, 1.0])
+def test_candidates_equal_thresholding_the_full_softmax(threshold, rng):
+    logits = torch.randn(3, 200, 6, generator=rng) * 3
+    logits[0, :20, 0] += 12.0  # confident background: the prefilter skips these rows
+    logits[1, 0] = torch.tensor([1e4, 1e4 + 3, 0, 0, 0, 0])  # huge logits: rounding of the bound
+    logits[1, 1] = torch.tensor([-1e4, 0, 0, 0, 0, 0])
+    logits[2, 0, 3] = math.inf  # a row softmax turns into NaN: never a candidate
+    row, label, scores = _candidates(logits, threshold)
+    probs = logits.reshape(-1, 6).softmax(-1)
+    want_row, want_label = (probs[:, 1:] > threshold).nonzero(as_tuple=True)
+    assert torch.equal(row, want_row) and torch.equal(label, want_label + 1)
+    assert torch.equal(scores, probs[want_row, want_label + 1])
+    if 0 < threshold < 1:
+        assert 0 < len(row) < probs[:, 1:].numel()

@@ -1,0 +1,237 @@
+"""``singleshot train``: train an SSD on a VOC, COCO or YOLO data set (one process, or several: torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, read_json_object
+from singleshot.errors import UserError
+
+HELP = "train a detector; writes RUN/last.pt, RUN/best.pt, metrics.csv, curves.png and config.json"
+
+EXAMPLES = f"""\
+examples:
+  singleshot train --data data/shapes --out runs/a                  # the small CPU model, default recipe
+  singleshot train --data VOCdevkit/VOC2007 --model ssd300_vgg16 --epochs 120 --batch-size 32 --out runs/voc
+  singleshot train --config runs/a/config.json --epochs 40 --out runs/b   # a previous run's settings, changed
+  singleshot train --resume runs/a/last.pt                          # continue a stopped run (Ctrl-C saves it)
+  torchrun --nproc_per_node 4 -m singleshot train --data data/voc --out runs/ddp   # DistributedDataParallel
+
+learning rate: without --lr, the recipe's rate for the model (SGD, momentum 0.9, weight decay 5e-4) scaled
+linearly to the global batch, --batch-size x processes, relative to {REFERENCE_BATCH}; a given --lr is used
+as it is, for the global batch. Warmup then cosine decay by default (config key "schedule": "step" for the
+paper's x0.1 steps at 2/3 and 5/6 of training).
+config file: a JSON object of the keys of RUN/config.json; options on the command line override it.
+"""
+
+# option -> (config key, argparse keyword arguments); defaults come from TrainConfig, shown in --help.
+_DEFAULTS = TrainConfig()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # an option not given leaves the config file's (or the default) value
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        metavar="PATH",
+        default=S,
+        help="a VOC root, COCO instances JSON or YOLO folder (required unless in --config)",
+    )
+    data.add_argument(
+        "--format", choices=("voc", "coco", "yolo"), default=S, help="data format (default: detected)"
+    )
+    data.add_argument(
+        "--train-split", metavar="NAME", default=S, help="training split (default: trainval, else train)"
+    )
+    data.add_argument(
+        "--val-split",
+        metavar="NAME",
+        default=S,
+        help="validation split, or 'none' (default: test, else val; none when there is neither)",
+    )
+    data.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        default=S,
+        help="leave broken images and objects out instead of stopping (see singleshot check-data)",
+    )
+    model = parser.add_argument_group("model and recipe")
+    model.add_argument(
+        "--model",
+        metavar="NAME",
+        default=S,
+        help="model name from 'singleshot models' (default: the small CPU model)",
+    )
+    model.add_argument(
+        "--image-size",
+        type=int,
+        metavar="S",
+        default=S,
+        help="input side in pixels (default: the model's own)",
+    )
+    model.add_argument(
+        "--epochs", type=int, metavar="E", default=S, help=f"epochs (default: {_DEFAULTS.epochs})"
+    )
+    model.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        default=S,
+        help=f"images per step and process (default: {_DEFAULTS.batch_size})",
+    )
+    model.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        default=S,
+        help="peak learning rate for the global batch (default: the recipe's, scaled; see below)",
+    )
+    model.add_argument(
+        "--schedule",
+        choices=("cosine", "step"),
+        default=S,
+        help=f"decay after the warmup (default: {_DEFAULTS.schedule})",
+    )
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=S,
+        help=f"seed of weights, order, augmentation (default: {_DEFAULTS.seed})",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--out",
+        metavar="RUN",
+        default=S,
+        help="run folder for checkpoints, metrics and curves (default with --resume: the checkpoint's)",
+    )
+    run.add_argument("--config", metavar="FILE", help="JSON options, e.g. a previous RUN/config.json")
+    run.add_argument("--resume", metavar="RUN/last.pt", help="continue the run saved in this checkpoint")
+    run.add_argument(
+        "--val-every",
+        type=int,
+        metavar="K",
+        default=S,
+        help=f"validate every K epochs and after the last (default: {_DEFAULTS.val_every})",
+    )
+    run.add_argument(
+        "--metric",
+        choices=("voc07", "voc", "coco"),
+        default=S,
+        help="validation metric (default: coco for COCO data, else voc07)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=S,
+        help="data-loading processes (default: one per spare core, at most 4)",
+    )
+    run.add_argument("--device", metavar="D", default=S, help="cpu, cuda, cuda:N or auto (default: auto)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+
+
+_OPTION_KEYS = (
+    "data",
+    "format",
+    "train_split",
+    "val_split",
+    "skip_invalid",
+    "model",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "schedule",
+    "seed",
+    "out",
+    "val_every",
+    "metric",
+    "workers",
+    "device",
+)
+# What cannot change when a run resumes: the weights and the data order depend on them.
+_FIXED_ON_RESUME = (
+    "model",
+    "image_size",
+    "batch_size",
+    "seed",
+    "data",
+    "train_split",
+    "format",
+    "model_options",
+)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < the resumed run's configuration < --config FILE < options given on the command line."""
+    config = TrainConfig()
+    saved = None
+    if args.resume:
+        saved = config = _resume_config(args.resume)
+    from_file = read_json_object(args.config) if args.config else {}
+    config = config.updated(from_file, args.config)
+    given = {key: getattr(args, key) for key in _OPTION_KEYS if hasattr(args, key)}
+    config = config.updated(given, "the command line")
+    if saved is not None:
+        for key in _FIXED_ON_RESUME:
+            if getattr(config, key) != getattr(saved, key):
+                raise UserError(
+                    f"--{key.replace('_', '-')} cannot change when resuming {args.resume} (it was "
+                    f"{getattr(saved, key)!r}); start a new run with "
+                    f"--config {Path(args.resume).parent / 'config.json'}"
+                )
+        if "out" not in given and "out" not in from_file:  # the run continues where its last.pt is
+            config = config.updated({"out": str(Path(args.resume).parent)})
+    return config
+
+
+def _resume_config(path: str) -> TrainConfig:
+    from singleshot.models import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    if "optimizer" not in checkpoint or "config" not in checkpoint:
+        raise UserError(
+            f"{path} holds weights but no training state (best.pt and exported checkpoints do not); "
+            "resume from the run's last.pt"
+        )
+    return TrainConfig.from_dict(checkpoint["config"], str(path))
+
+
+def run(args: argparse.Namespace) -> int:
+    from singleshot.engine import Trainer, distributed
+
+    config = build_config(args)
+    config.validate()
+    _check_model_name(config.model)
+    world = distributed.setup(config.device)
+    try:
+        result = Trainer(config, resume=args.resume, world=world, progress=not args.no_progress).fit()
+    finally:
+        distributed.teardown()
+    if world.is_main and not result.interrupted:
+        best = (
+            f"best validation mAP ({result.config.metric}) {result.best_map:.4f}; "
+            if result.best_map is not None
+            else ""
+        )
+        print(
+            f"{best}wrote {result.out}/last.pt{', best.pt' if result.best_map is not None else ''}, "
+            f"metrics.csv, curves.png, config.json"
+        )
+    return 130 if result.interrupted else 0
+
+
+def _check_model_name(name: str | None) -> None:
+    if name is None:
+        return
+    from singleshot.models import list_models
+
+    names = list_models()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise UserError(f"--model {name!r} is not a model; choose one of {', '.join(names)}.{hint}")

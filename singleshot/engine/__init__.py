@@ -1,0 +1,30 @@
+"""Training and evaluation loops, their configuration, schedules and DistributedDataParallel helpers.
+
+    from singleshot.engine import TrainConfig, Trainer
+    result = Trainer(TrainConfig(data="data/shapes", out="runs/a", epochs=10)).fit()
+
+Modules: ``config`` (:class:`TrainConfig`, JSON files, the learning-rate rule), ``schedule`` (warmup then
+step or cosine), ``training`` (:class:`Trainer`), ``evaluation`` (:func:`predict_dataset`),
+``distributed`` (process groups, gathering), ``state`` (random states, atomic writes).
+"""
+
+from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, default_lr
+from singleshot.engine.distributed import World, setup, teardown
+from singleshot.engine.evaluation import detect_batch, predict_dataset
+from singleshot.engine.schedule import WarmupSchedule, lr_factor
+from singleshot.engine.training import Trainer, TrainResult
+
+__all__ = [
+    "REFERENCE_BATCH",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "WarmupSchedule",
+    "World",
+    "default_lr",
+    "detect_batch",
+    "lr_factor",
+    "predict_dataset",
+    "setup",
+    "teardown",
+]

@@ -1,0 +1,189 @@
+"""Checkpoints: one file that rebuilds a model alone.
+
+A checkpoint is a plain dict saved with ``torch.save`` (loadable with ``weights_only=True``)::
+
+    format            "singleshot.checkpoint"
+    version           1
+    arch, arch_args   the zoo name and its builder's keyword arguments (image_size included)
+    num_classes       C, background included
+    class_names       C - 1 names
+    preprocessing     {"image_size": [h, w], "mean": [3], "std": [3], "antialias": bool}
+    postprocessing    {"score_threshold", "nms_threshold", "candidates_per_class", "max_detections", "variances"}
+    state_dict        the weights
+    ...               any extra training state given to save_checkpoint (optimizer, scheduler, epoch, ...),
+                      in plain types and tensors so that weights_only loading accepts it
+
+    save_checkpoint("runs/a/last.pt", model, optimizer=opt.state_dict(), epoch=3)   # atomic
+    model = load_checkpoint("runs/a/last.pt")
+    state = read_checkpoint("runs/a/last.pt")["optimizer"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import uuid
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from singleshot import __version__
+from singleshot.errors import UserError
+from singleshot.models.ssd import SSD
+from singleshot.models.zoo import build_model
+
+FORMAT = "singleshot.checkpoint"
+VERSION = 1
+_FIELDS = {
+    "arch": str,
+    "arch_args": dict,
+    "num_classes": int,
+    "class_names": list,
+    "preprocessing": dict,
+    "postprocessing": dict,
+    "state_dict": dict,
+}
+RESERVED_KEYS = frozenset({"format", "version", "singleshot_version", *_FIELDS})
+
+
+def unwrap_model(model: nn.Module) -> SSD:
+    """The SSD inside a DistributedDataParallel / DataParallel wrapper or a ``torch.compile`` module."""
+    while True:
+        if isinstance(model, SSD):
+            return model
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a singleshot SSD model, got {type(model).__name__}")
+        model = inner
+
+
+def checkpoint_dict(model: nn.Module, **extra) -> dict:
+    """The checkpoint of ``model`` (unwrapped from DDP / torch.compile) plus ``extra`` keys."""
+    model = unwrap_model(model)
+    if model.arch is None:
+        raise ValueError("this SSD was not made by build_model, so a checkpoint could not rebuild it")
+    clash = RESERVED_KEYS & set(extra)
+    if clash:
+        raise ValueError(f"extra checkpoint keys {sorted(clash)} are reserved")
+    settings = model.postprocess_settings()
+    settings["variances"] = list(settings["variances"])
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "singleshot_version": __version__,
+        "arch": model.arch,
+        "arch_args": dict(model.arch_args),
+        "num_classes": int(model.num_classes),
+        "class_names": list(model.class_names),
+        "preprocessing": {
+            "image_size": list(model.image_size),
+            "mean": list(model.mean),
+            "std": list(model.std),
+            "antialias": bool(model.antialias),
+        },
+        "postprocessing": settings,
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
+    """Write ``model``'s checkpoint (plus ``extra`` training state) to ``path`` atomically.
+
+    The file is written next to ``path`` under a temporary name, synced, then renamed over ``path``
+    (``os.replace``), so that a crash never leaves a half-written checkpoint. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = checkpoint_dict(model, **extra)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The raw checkpoint dict (with any extra keys), validated.
+
+    Raises UserError when the file is missing, truncated, not a PyTorch file, or not a singleshot checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist; check the path (training writes last.pt and best.pt)")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise UserError(
+                f"checkpoint {path} holds Python objects besides plain data and tensors, which singleshot "
+                "does not unpickle (they could run code); save training state as plain values"
+            ) from None
+        raise UserError(f"checkpoint {path} cannot be read: it is truncated or not a PyTorch file") from None
+    except PermissionError:
+        raise UserError(f"checkpoint {path} cannot be read: permission denied") from None
+    except Exception:  # torch.load of damaged bytes raises many kinds (RuntimeError, KeyError, EOFError, OSError)
+        raise UserError(f"checkpoint {path} cannot be read: it is truncated or not a PyTorch file") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        hint = ""
+        if isinstance(data, dict) and any(str(k).startswith("head.classification_head") for k in data):
+            hint = " (it looks like a torchvision SSD state dict: convert it with singleshot.models.from_torchvision)"
+        raise UserError(f"{path} is not a singleshot checkpoint{hint}; give a file written by 'singleshot train'")
+    if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+        raise UserError(
+            f"checkpoint {path} has format version {data.get('version')!r}, newer than this singleshot "
+            f"({__version__}) reads; upgrade singleshot"
+        )
+    for key, kind in _FIELDS.items():
+        if not isinstance(data.get(key), kind):
+            raise UserError(f"checkpoint {path} is damaged: its {key!r} entry is missing or not a {kind.__name__}")
+    if not all(isinstance(v, Tensor) for v in data["state_dict"].values()):
+        raise UserError(f"checkpoint {path} is damaged: its weights are not all tensors")
+    return data
+
+
+def model_from_checkpoint(data: dict, source: str = "checkpoint") -> SSD:
+    """Rebuild the model of a checkpoint dict (as returned by :func:`read_checkpoint`)."""
+    try:
+        model = build_model(data["arch"], data["num_classes"], **data["arch_args"])
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(
+            f"{source}: the weights do not fit a {data['arch']} model ({_first_line(exc)}); the file is damaged"
+        ) from None
+    model.class_names = data["class_names"]
+    pre, post = data["preprocessing"], data["postprocessing"]
+    try:
+        model.mean, model.std = pre["mean"], pre["std"]
+        model.antialias = bool(pre.get("antialias", False))
+        for key in ("score_threshold", "nms_threshold", "candidates_per_class", "max_detections"):
+            setattr(model, key, post[key])
+        model.variances = tuple(post["variances"])
+    except KeyError as exc:
+        raise UserError(f"{source} is damaged: its settings lack {exc}") from None
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> SSD:
+    """The model saved in ``path``, rebuilt from the file alone, on ``map_location`` and in eval mode."""
+    model = model_from_checkpoint(read_checkpoint(path, map_location), f"checkpoint {os.fspath(path)}")
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval()

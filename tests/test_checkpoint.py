@@ -1,0 +1,141 @@
+"""Checkpoints: round trip from the file alone, extra training state, atomic writes, damaged files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from singleshot.errors import UserError
+from singleshot.models import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+
+
+def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and batch-norm statistics, so that a lost tensor would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point() and tensor is not getattr(model, "priors", None):
+                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+    return model
+
+
+def test_round_trip_rebuilds_model_settings_and_extra_state(tmp_path):
+    model = _trained_looking(build_model("ssd_small", 4, image_size=(96, 128), class_names=["a", "b", "c"], width=8))
+    model.score_threshold, model.nms_threshold = 0.25, 0.6
+    model.candidates_per_class, model.max_detections = 50, 20
+    model.mean, model.std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.zeros(1, 3, 96, 128)).__getitem__(0).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path / "run" / "last.pt", model, optimizer=optimizer.state_dict(), epoch=7)
+
+    loaded = load_checkpoint(path)
+    assert loaded.arch == "ssd_small" and loaded.arch_args == model.arch_args
+    assert loaded.image_size == (96, 128) and loaded.backbone.out_channels == [32, 64, 64, 64]
+    assert loaded.class_names == ["a", "b", "c"] and not loaded.training
+    assert (loaded.score_threshold, loaded.nms_threshold, loaded.candidates_per_class, loaded.max_detections) == (
+        0.25, 0.6, 50, 20)
+    assert loaded.mean == (0.4, 0.5, 0.6) and loaded.std == (0.2, 0.3, 0.4)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = torch.rand(2, 3, 96, 128)
+    model.eval()
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            assert torch.equal(a, b)
+
+    raw = read_checkpoint(path)
+    assert raw["epoch"] == 7
+    fresh = torch.optim.SGD(loaded.parameters(), lr=0.1, momentum=0.9)
+    fresh.load_state_dict(raw["optimizer"])
+    assert fresh.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+    # Plain data and tensors only: the strict loader accepts the file.
+    assert torch.load(path, weights_only=True)["format"] == "singleshot.checkpoint"
+
+
+def test_converted_torchvision_architecture_round_trips(tmp_path):
+    model = build_model("ssdlite320_mobilenet_v3_large", 3, image_size=(160, 192), scales=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "lite.pt", model))
+    assert loaded.arch_args["reduced_tail"] is True and loaded.scales == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert torch.equal(loaded.priors, model.priors)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = build_model("ssd_small", 3, width=4)
+    path = save_checkpoint(tmp_path / "best.pt", model, epoch=1)
+    before = path.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, epoch=2)
+    assert path.read_bytes() == before  # the old file is intact ...
+    assert os.listdir(tmp_path) == ["best.pt"]  # ... and no temporary file is left behind
+    monkeypatch.undo()
+    save_checkpoint(path, model, epoch=3)
+    assert read_checkpoint(path)["epoch"] == 3 and os.listdir(tmp_path) == ["best.pt"]
+
+
+def test_reserved_extra_keys_and_unbuilt_models_are_refused(tmp_path):
+    model = build_model("ssd_small", 3, width=4)
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(tmp_path / "x.pt", model, state_dict={})
+    model.arch = None
+    with pytest.raises(ValueError, match="build_model"):
+        save_checkpoint(tmp_path / "x.pt", model)
+
+
+def _one_line_user_error(path, match: str) -> None:
+    with pytest.raises(UserError, match=match) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_damaged_checkpoints_give_one_sentence(tmp_path):
+    model = build_model("ssd_small", 3, width=4)
+    good = save_checkpoint(tmp_path / "good.pt", model)
+    _one_line_user_error(tmp_path / "missing.pt", "does not exist")
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _one_line_user_error(truncated, "truncated")
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    _one_line_user_error(text, "not a PyTorch")
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"head.classification_head.module_list.0.weight": torch.zeros(1)}, plain)
+    _one_line_user_error(plain, "from_torchvision")
+
+    data = read_checkpoint(good)
+    del data["state_dict"]["head.regression.0.weight"]
+    torch.save(data, tmp_path / "missing_weight.pt")
+    _one_line_user_error(tmp_path / "missing_weight.pt", "do not fit")
+
+    data = read_checkpoint(good)
+    data["arch"] = "ssd_tiny"
+    torch.save(data, tmp_path / "unknown_arch.pt")
+    _one_line_user_error(tmp_path / "unknown_arch.pt", "unknown model 'ssd_tiny'")
+
+    data = read_checkpoint(good)
+    data["version"] = 99
+    torch.save(data, tmp_path / "future.pt")
+    _one_line_user_error(tmp_path / "future.pt", "newer")
+
+    data = read_checkpoint(good)
+    data["class_names"] = "abc"
+    torch.save(data, tmp_path / "bad_names.pt")
+    _one_line_user_error(tmp_path / "bad_names.pt", "damaged")
+
+
+def test_python_objects_are_not_unpickled(tmp_path):
+    model = build_model("ssd_small", 3, width=4)
+    path = save_checkpoint(tmp_path / "evil.pt", model, hook=nn.ReLU())
+    _one_line_user_error(path, "Python objects")

@@ -1,0 +1,59 @@
+"""``singleshot demo --quick``: the whole job end to end on a tiny embedded default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from singleshot.cli import main
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick", "--workers", "0", "--no-progress"]) == 0
+    for name in ("gallery.png", "curves.png", "pr_curves.png", "results.json", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("best.pt", "last.pt", "metrics.csv", "config.json"):
+        assert (out / "run" / name).exists(), name
+    assert (out / "data" / "ImageSets" / "Main" / "test.txt").exists()
+
+    with Image.open(out / "gallery.png") as gallery:
+        assert gallery.format == "PNG" and gallery.width >= 64 * 4  # a grid of 4 columns of 64 px test images
+    results = json.loads((out / "results.json").read_text())
+    assert results["split"] == "test" and results["metric"] == "voc07" and 0 <= results["map"] <= 1
+    summary = (out / "summary.md").read_text()
+    assert "held-out test split: VOC07 mAP" in summary and "gallery.png" in summary
+    printed = capsys.readouterr().out
+    assert "held-out test split" in printed and str(out) in printed  # says where the files are
+
+
+def test_gallery_draws_the_first_test_images(tmp_path):
+    import torch
+
+    from singleshot.commands.demo import write_gallery
+
+    class Images:
+        def __len__(self):
+            return 5
+
+        def load(self, i):
+            return torch.full((3, 20, 30), 40 * i, dtype=torch.uint8), {}
+
+    detections = [
+        {
+            "boxes": torch.tensor([[2.0, 2.0, 12.0, 12.0]]),
+            "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1]),
+        }
+    ] * 5
+    path = write_gallery(tmp_path / "g.png", Images(), detections, ["thing"], count=3, columns=2)
+    with Image.open(path) as im:
+        assert im.size == (2 * 30 + 3 * 4, 2 * 20 + 3 * 4)  # 3 images in 2 columns, 4 px padding
+
+
+def test_demo_bad_options_are_one_sentence(capsys):
+    assert main(["demo", "--epochs", "0"]) == 2
+    assert "--epochs 0: give at least 1" in capsys.readouterr().err

@@ -1,0 +1,385 @@
+"""The training engine: schedules, configuration, random states, atomic writes, sharding, curves; and the
+training loop end to end on tiny synthetic data (exact resume, Ctrl-C)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from singleshot.engine import distributed
+from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, default_lr, option_name
+from singleshot.engine.distributed import World
+from singleshot.engine.schedule import WarmupSchedule, lr_factor
+from singleshot.engine.state import (
+    atomic_write_bytes,
+    capture_rng,
+    epoch_seed,
+    restore_rng,
+    seed_everything,
+    write_csv,
+)
+from singleshot.errors import UserError
+
+
+def make_tiny_voc(tmp_path_factory):
+    """A tiny synthetic VOC data set (train 17, val 2, test 5 images of 96 px, 3 classes), made once per
+    test process and shared by the engine, CLI, distributed and demo tests."""
+    from singleshot.data import synthesize
+
+    path = tmp_path_factory.getbasetemp() / "tiny-voc"
+    if not (path / "ImageSets").exists():
+        synthesize(path, 24, image_size=96, seed=0, num_classes=3, overwrite=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(tmp_path_factory):
+    return make_tiny_voc(tmp_path_factory)
+
+
+# ------------------------------------------------------------------------------------------ schedules
+
+
+def test_warmup_is_linear_from_the_factor_to_one():
+    kw = {"schedule": "step", "warmup_steps": 10, "warmup_factor": 0.1}
+    assert lr_factor(0, 100, **kw) == pytest.approx(0.1)
+    assert lr_factor(5, 100, **kw) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(10, 100, **kw) == 1.0 and lr_factor(50, 100, **kw) == 1.0
+
+
+def test_step_schedule_divides_at_each_milestone():
+    kw = {"schedule": "step", "milestones": [80, 100], "gamma": 0.1}
+    assert [lr_factor(s, 120, **kw) for s in (0, 79, 80, 99, 100, 119)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+
+
+def test_cosine_schedule_halves_midway_and_reaches_the_final_factor():
+    assert lr_factor(0, 100, schedule="cosine") == 1.0
+    assert lr_factor(50, 100, schedule="cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, schedule="cosine", final_factor=0.05) == pytest.approx(0.05)
+    values = [lr_factor(s, 100, schedule="cosine") for s in range(101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # never increases after warmup
+
+
+def test_cosine_with_warmup_multiplies_both():
+    f = lr_factor(2, 10, schedule="cosine", warmup_steps=4, warmup_factor=0.5)
+    assert f == pytest.approx((0.5 + 0.5 * 2 / 4) * 0.5 * (1 + math.cos(math.pi * 0.2)))
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, 10, schedule="linear")
+
+
+def test_warmup_schedule_drives_the_optimizer_and_resumes_from_its_counter():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param, torch.nn.Parameter(torch.zeros(1))], lr=123.0)
+    kw = {"schedule": "step", "warmup_steps": 2, "warmup_factor": 0.5, "milestones": [3]}
+    sched = WarmupSchedule(opt, 0.2, 5, **kw)
+    seen = [sched.step() for _ in range(4)]
+    assert seen == pytest.approx([0.1, 0.15, 0.2, 0.02])
+    assert all(g["lr"] == pytest.approx(0.02) for g in opt.param_groups)
+    again = WarmupSchedule(opt, 0.2, 5, **kw)
+    again.load_state_dict(sched.state_dict())
+    assert again.step() == sched.step() == pytest.approx(0.02)
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+def test_config_json_round_trip(tmp_path):
+    config = TrainConfig(data="d", out="o", epochs=3, lr=0.5, milestones=[0.5], augment={"zoom_out": 0.0})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert TrainConfig.from_json(path) == config
+
+
+def test_config_unknown_key_is_one_sentence_with_a_suggestion(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"epochs": 2, "bacth_size": 4}')
+    with pytest.raises(UserError, match=r"c.json: unknown key 'bacth_size' \(did you mean 'batch_size'\?\)"):
+        TrainConfig.from_json(path)
+    path.write_text('{"zzzz": 1}')
+    with pytest.raises(UserError, match="known keys are data, out"):
+        TrainConfig.from_json(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "expected a JSON object"),
+        ("{epochs: 2}", "not valid JSON"),
+        ('{"epochs": "many"}', "epochs"),
+    ],
+)
+def test_config_bad_files(tmp_path, text, message):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        TrainConfig.from_json(path)
+    with pytest.raises(UserError, match="no such file"):
+        TrainConfig.from_json(tmp_path / "missing.json")
+
+
+def test_config_types_are_checked_and_gently_converted():
+    config = TrainConfig.from_dict({"lr": 1, "epochs": 4, "amp": None})
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.amp is None
+    with pytest.raises(UserError, match="epochs = 2.5 is not a int"):
+        TrainConfig.from_dict({"epochs": 2.5})
+    with pytest.raises(UserError, match="skip_invalid = 1 is not a bool"):
+        TrainConfig.from_dict({"skip_invalid": 1})
+    with pytest.raises(UserError, match="epochs cannot be null"):
+        TrainConfig.from_dict({"epochs": None})
+
+
+def test_config_validation_names_the_option():
+    with pytest.raises(UserError, match="--data is required"):
+        TrainConfig(out="o").validate()
+    with pytest.raises(UserError, match=r"--batch-size 0 cannot work"):
+        TrainConfig(data="d", out="o", batch_size=0).validate()
+    with pytest.raises(UserError, match=r"config key 'warmup_factor' 0.0 cannot work"):
+        TrainConfig(data="d", out="o", warmup_factor=0.0).validate()
+    assert option_name("image_size") == "--image-size" and option_name("gamma") == "config key 'gamma'"
+
+
+def test_default_lr_scales_linearly_with_the_global_batch():
+    small = default_lr("ssd_small", REFERENCE_BATCH)
+    assert default_lr("ssd_small", 2 * REFERENCE_BATCH) == pytest.approx(2 * small)
+    assert default_lr("ssd300", REFERENCE_BATCH) == pytest.approx(1e-3)  # the paper's VGG16 rate for batch 32
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+def test_epoch_seeds_differ_and_repeat():
+    seeds = {epoch_seed(0, e, i) for e in range(5) for i in range(-1, 50)}
+    assert len(seeds) == 5 * 51
+    assert epoch_seed(3, 1, 7) == epoch_seed(3, 1, 7) != epoch_seed(4, 1, 7)
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_rng_capture_and_restore_cover_torch_numpy_and_random():
+    seed_everything(5)
+    state = capture_rng()
+    first = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    seed_everything(99)
+    restore_rng(state)
+    second = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "x.bin"
+    atomic_write_bytes(path, b"old")
+    atomic_write_bytes(path, b"new contents")
+    assert path.read_bytes() == b"new contents"
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"half")
+    assert path.read_bytes() == b"new contents"  # the old file survives a failed write
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.bin"]
+
+
+def test_write_csv_has_a_header_and_blank_missing_values(tmp_path):
+    path = tmp_path / "m.csv"
+    write_csv(
+        path,
+        [{"epoch": 1, "loss": 0.5, "val_map": None}, {"epoch": 2, "loss": 1 / 3}],
+        ["epoch", "loss", "val_map"],
+    )
+    rows = list(csv.DictReader(path.open()))
+    assert rows == [
+        {"epoch": "1", "loss": "0.5", "val_map": ""},
+        {"epoch": "2", "loss": "0.333333", "val_map": ""},
+    ]
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+
+def test_shard_pads_training_and_splits_evaluation_exactly():
+    worlds = [World(rank=r, size=3) for r in range(3)]
+    train = [distributed.shard(range(7), w, pad=True) for w in worlds]
+    assert train == [[0, 3, 6], [1, 4, 0], [2, 5, 1]]  # padded by wrapping: 3 steps' worth on every rank
+    evals = [distributed.shard(range(7), w, pad=False) for w in worlds]
+    assert sorted(i for part in evals for i in part) == list(range(7))
+    assert distributed.shard([4, 2], World(), pad=True) == [4, 2]
+
+
+def test_single_process_helpers_are_identities():
+    world = World()
+    assert world.is_main and not world.distributed
+    assert distributed.all_gather_objects({"a": 1}, world) == [{"a": 1}]
+    assert distributed.broadcast_object(3, world) == 3
+    assert distributed.setup("cpu") == World(device=torch.device("cpu"))
+
+
+def test_bad_device_is_a_user_error():
+    with pytest.raises(UserError, match="--device 'gpu0' is not a device"):
+        distributed.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA"):
+            distributed.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------------ curves
+
+
+def test_training_curves_png(tmp_path):
+    from PIL import Image
+
+    from singleshot.curves import plot_training_curves
+
+    steps = [
+        {"epoch": e / 4, "loss": 3 - e / 4, "loc": 1.0, "conf": 2 - e / 4, "lr": 0.01 * min(1, e / 2)}
+        for e in range(1, 9)
+    ]
+    epochs = [{"epoch": 1, "val_map": None}, {"epoch": 2, "val_map": 0.4}]
+    path = tmp_path / "curves.png"
+    plot_training_curves(path, steps, epochs, title="t")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 2 * im.height
+    plot_training_curves(tmp_path / "empty.png", [], [])  # a run stopped before its first record
+    assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def _config(data, out, **kw):
+    base = {
+        "data": str(data),
+        "out": str(out),
+        "epochs": 2,
+        "batch_size": 4,
+        "image_size": 64,
+        "workers": 0,
+        "train_split": "train",
+        "val_split": "none",
+        "lr": 0.01,
+        "warmup_epochs": 0.5,
+        "log_every": 2,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+def _fit(config, resume=None, stop_at=None):
+    from singleshot.engine import Trainer
+
+    def stopper(trainer):
+        if trainer.global_step == stop_at:
+            trainer.stop()
+
+    return Trainer(config, resume=resume, on_step=stopper if stop_at else None, progress=False).fit()
+
+
+def _loss_columns(path):
+    return [
+        {k: row[k] for k in ("epoch", "step", "lr", "loss", "loc", "conf")}
+        for row in csv.DictReader(path.open())
+    ]
+
+
+@pytest.mark.slow
+def test_stopping_and_resuming_gives_the_same_weights_as_one_run(tmp_path, tiny_voc):
+    """1 epoch + resume + 1 epoch == 2 epochs, bit for bit; also when stopped in the middle of an epoch.
+
+    17 training images in batches of 4: 4 steps per epoch. Run B stops after step 4 (the end of epoch 1),
+    resumes and stops after step 6 (inside epoch 2), resumes and finishes.
+    """
+    from singleshot.models import read_checkpoint
+
+    straight = _fit(_config(tiny_voc, tmp_path / "a"))
+    first = _fit(_config(tiny_voc, tmp_path / "b"), stop_at=4)
+    assert first.interrupted and first.epochs_done == 0
+    saved = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (0, 4)  # epoch 1's steps done, its end-of-epoch work still due
+    second = _fit(_config(tiny_voc, tmp_path / "b"), resume=tmp_path / "b" / "last.pt", stop_at=6)
+    assert second.interrupted
+    saved = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 2)
+    assert set(saved) >= {"optimizer", "schedule", "scaler", "rng", "history", "config", "partial"}
+    third = _fit(_config(tiny_voc, tmp_path / "b"), resume=tmp_path / "b" / "last.pt")
+    assert not third.interrupted and third.epochs_done == 2
+
+    a, b = straight.model.state_dict(), third.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["head.regression.0.weight"], _untrained(tiny_voc)["head.regression.0.weight"])
+    # The records agree too (losses, learning rates), whatever the interruptions.
+    assert _loss_columns(tmp_path / "a" / "metrics.csv") == _loss_columns(tmp_path / "b" / "metrics.csv")
+    assert not (tmp_path / "a" / "best.pt").exists()  # no validation split: no best.pt
+
+
+def _untrained(data):
+    from singleshot.data import open_dataset
+    from singleshot.models import build_model
+
+    names = open_dataset(data, split="train").class_names
+    seed_everything(0)
+    return build_model("ssd_small", len(names) + 1, image_size=64, class_names=names).state_dict()
+
+
+def test_run_records_checkpoints_and_best_on_improvement(tmp_path, tiny_voc):
+    from singleshot.models import load_checkpoint, read_checkpoint
+
+    result = _fit(_config(tiny_voc, tmp_path / "r", epochs=1, val_split="val"))
+    out = tmp_path / "r"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "curves.png",
+        "last.pt",
+        "metrics.csv",
+    ]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1" and rows[0]["step"] == "4"
+    assert float(rows[0]["val_map"]) == pytest.approx(result.best_map, abs=1e-6)
+    best = read_checkpoint(out / "best.pt")
+    assert best["epoch"] == 1 and best["metric"] == "voc07" and "optimizer" not in best
+    model = load_checkpoint(out / "best.pt")
+    assert model.class_names == ["circle", "square", "triangle"] and model.image_size == (64, 64)
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 0.01 and config["val_split"] == "val" and config["amp"] is False
+
+
+def test_data_with_errors_stops_before_the_first_step(tmp_path, tiny_voc):
+    import shutil
+
+    data = tmp_path / "broken"
+    shutil.copytree(tiny_voc, data)
+    name = (data / "ImageSets" / "Main" / "train.txt").read_text().split()[0]
+    xml = data / "Annotations" / f"{name}.xml"
+    xml.write_text(
+        re.sub(r"<xmax>[^<]*</xmax>", "<xmax>-5</xmax>", xml.read_text(), count=1)
+    )  # a box of negative size
+
+    steps = []
+    with pytest.raises(UserError, match=r"check-data.*--skip-invalid"):
+        _fit(_config(data, tmp_path / "r"))
+    assert not (tmp_path / "r").exists()  # stopped before writing anything
+
+    from singleshot.engine import Trainer
+
+    config = _config(data, tmp_path / "r", skip_invalid=True, epochs=1)
+    trainer = Trainer(config, on_step=lambda t: (steps.append(t.global_step), t.stop()), progress=False)
+    trainer.fit()
+    assert steps == [1]
+
+
+def test_a_diverging_run_stops_with_advice(tmp_path, tiny_voc):
+    with pytest.raises(UserError, match=r"training diverged: the loss became nan .* lower the learning rate"):
+        _fit(_config(tiny_voc, tmp_path / "r", lr=1e12, warmup_epochs=0, log_every=1))

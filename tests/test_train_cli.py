@@ -1,0 +1,259 @@
+"""``singleshot train`` and ``singleshot eval`` as a user runs them: options, config files, errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from singleshot.cli import build_parser, main
+from singleshot.commands.train import build_config
+from singleshot.engine.config import TrainConfig
+from tests.test_engine import make_tiny_voc
+
+FAST = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--image-size",
+    "64",
+    "--workers",
+    "0",
+    "--train-split",
+    "train",
+    "--val-split",
+    "val",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(tmp_path_factory):
+    return make_tiny_voc(tmp_path_factory)
+
+
+def _args(*argv):
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_help_shows_examples_and_the_learning_rate_rule(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:" in text and "torchrun --nproc_per_node" in text and "--resume runs/a/last.pt" in text
+    assert "learning rate: without --lr" in text
+
+
+def test_command_line_overrides_config_file_which_overrides_defaults(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"data": "d", "out": "o", "epochs": 7, "batch_size": 5, "gamma": 0.5}))
+    config = build_config(_args("--config", str(path), "--epochs", "3"))
+    assert (config.data, config.out, config.epochs, config.batch_size, config.gamma) == ("d", "o", 3, 5, 0.5)
+    assert config.lr is None and config.schedule == TrainConfig().schedule  # untouched: defaults
+
+
+def test_unknown_config_key_is_one_clear_sentence(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text('{"data": "d", "out": "o", "epochz": 3}')
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"singleshot train: error: {path}: unknown key 'epochz' (did you mean 'epochs'?)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--data", "d", "--out", "o", "--model", "ssd_smal"],
+            "--model 'ssd_smal' is not a model; choose one of",
+        ),
+        (["--data", "d", "--out", "o", "--epochs", "0"], "--epochs 0 cannot work: give at least 1"),
+        (["--out", "o"], "--data is required"),
+        (["--data", "no/such/folder", "--out", "o"], "no/such/folder"),
+        (["--resume", "no/such/last.pt"], "no/such/last.pt does not exist"),
+    ],
+)
+def test_bad_options_and_files_give_one_sentence_and_status_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_model_lists_the_names(capsys):
+    from singleshot.models import list_models
+
+    assert main(["train", "--data", "d", "--out", "o", "--model", "yolo"]) == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in list_models())
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_voc):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", str(tiny_voc), "--out", str(out), *FAST, "--epochs", "2"]) == 0
+    return out
+
+
+def test_train_writes_the_run(trained_run):
+    assert sorted(p.name for p in trained_run.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "curves.png",
+        "last.pt",
+        "metrics.csv",
+    ]
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["epochs"] == 2 and config["model"] == "ssd_small" and config["image_size"] == 64
+    assert config["lr"] > 0 and config["device"] == "cpu" and config["metric"] == "voc07"  # resolved values
+    assert TrainConfig.from_json(trained_run / "config.json").epochs == 2  # --config accepts it back
+
+
+def test_resume_of_a_finished_run_asks_for_more_epochs(trained_run, capsys):
+    assert main(["train", "--resume", str(trained_run / "last.pt")]) == 2
+    assert "already finished 2 epochs; give --epochs larger" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_weights_only_checkpoint_and_changed_architecture(trained_run, capsys):
+    assert main(["train", "--resume", str(trained_run / "best.pt")]) == 2
+    assert "resume from the run's last.pt" in capsys.readouterr().err
+    assert (
+        main(["train", "--resume", str(trained_run / "last.pt"), "--image-size", "96", "--epochs", "3"]) == 2
+    )
+    assert "--image-size cannot change when resuming" in capsys.readouterr().err
+
+
+def test_eval_prints_the_table_and_writes_json_and_pr_curves(trained_run, tiny_voc, tmp_path, capsys):
+    out_json = tmp_path / "eval" / "test.json"
+    plots = tmp_path / "plots"
+    argv = [
+        "eval",
+        str(trained_run / "best.pt"),
+        "--data",
+        str(tiny_voc),
+        "--json",
+        str(out_json),
+        "--plots",
+        str(plots),
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "mAP (voc07)" in printed
+        and f"wrote {out_json}" in printed
+        and f"wrote {plots / 'pr_curves.png'}" in printed
+    )
+    result = json.loads(out_json.read_text())
+    assert 0 <= result["map"] <= 1 and set(result["per_class"]) == {"circle", "square", "triangle"}
+    assert result["metric"] == "voc07" and result["split"] == "test" and result["num_images"] == 5
+    assert (out_json.parent / "test_pr.png").stat().st_size > 0 and (
+        plots / "pr_curves.png"
+    ).stat().st_size > 0
+
+
+def test_eval_bad_checkpoint_is_one_sentence(tmp_path, tiny_voc, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", str(bad), "--data", str(tiny_voc)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_last_pt_and_resume_finishes(tmp_path, tiny_voc):
+    """A real SIGINT to a real training process: it stops after its step, saves and says how to resume."""
+    out = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "singleshot",
+        "train",
+        "--data",
+        str(tiny_voc),
+        "--out",
+        str(out),
+        "--epochs",
+        "50",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "64",
+        "--workers",
+        "1",
+        "--train-split",
+        "train",
+        "--val-split",
+        "none",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=Path(__file__).parent.parent
+    )
+    seen = b""
+    while b"epoch 1/50" not in seen:  # the first progress bar: the loop (and its signal handler) is running
+        chunk = proc.stderr.read1(4096)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()  # to the end: the process has exited
+    proc.wait(timeout=60)
+    err = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 130, err
+    assert f"continue with: singleshot train --resume {out / 'last.pt'}" in err and "Traceback" not in err
+
+    from singleshot.models import read_checkpoint
+
+    saved = read_checkpoint(out / "last.pt")
+    assert saved["epoch"] < 50 and saved["step"] >= 0
+    # Resume with fewer epochs than planned, so that it finishes now.
+    done_epochs = saved["epoch"] + 1
+    assert (
+        main(["train", "--resume", str(out / "last.pt"), "--epochs", str(done_epochs), "--no-progress"]) == 0
+    )
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + done_epochs
+
+
+def test_coco_data_is_validated_with_the_coco_metric(tmp_path, capsys):
+    from singleshot.data import synthesize
+
+    data = tmp_path / "coco"
+    synthesize(data, 12, format="coco", image_size=64, seed=1, num_classes=2)
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--image-size",
+                "64",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert (config["format"], config["metric"], config["train_split"], config["val_split"]) == (
+        "coco",
+        "coco",
+        "train",
+        "test",
+    )
+    assert "validation mAP (coco)" in capsys.readouterr().err
