@@ -135,7 +135,8 @@ class _ShapeOnlyBackbone(torch.nn.Module):
 
         y = self.conv(x)
         sizes = TORCHVISION_SSD300["feature_sizes"]
-        return OrderedDict((str(i), torch.nn.functional.adaptive_avg_pool2d(y, s)) for i, s in enumerate(sizes))
+        maps = (torch.nn.functional.adaptive_avg_pool2d(y, s) for s in sizes)
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
 
 
 def _tv_ssd300_losses_only(num_classes: int = 21):
@@ -148,7 +149,7 @@ def _tv_ssd300_losses_only(num_classes: int = 21):
     return SSD(_ShapeOnlyBackbone(), boxes, (300, 300), num_classes=num_classes)
 
 
-def bench_loss(device: torch.device, *, batch: int = 32, repeats: int = 5, warmup: int = 2) -> Row:
+def bench_loss(device: torch.device, *, batch: int = 32, repeats: int = 9, warmup: int = 2) -> Row:
     """MultiBoxLoss forward + backward vs torchvision's per-image matching + SSD.compute_loss."""
     from torchvision.ops import box_iou
 
@@ -179,7 +180,7 @@ def bench_loss(device: torch.device, *, batch: int = 32, repeats: int = 5, warmu
     return Row(f"loss fwd+bwd, batch {batch}, {p} priors, 21 classes", t_ours, t_theirs, goal=3.0)
 
 
-def bench_postprocess(device: torch.device, *, batch: int = 8, repeats: int = 7, warmup: int = 2) -> Row:
+def bench_postprocess(device: torch.device, *, batch: int = 8, repeats: int = 11, warmup: int = 2) -> Row:
     """postprocess vs SSD.postprocess_detections on the same outputs and boxes."""
     from singleshot.boxes import cxcywh_to_xyxy
     from singleshot.postprocess import postprocess
@@ -226,12 +227,15 @@ def _same_weights_pair(device: torch.device):
 
 
 def bench_predict(device: torch.device, *, batches=(1, 8), repeats: int = 3, warmup: int = 1) -> list[Row]:
-    """End-to-end SSD300 prediction on 375x500 uint8 images, same weights."""
+    """End-to-end SSD300-VGG16 prediction on 375x500 uint8 images, same weights (:func:`_same_weights_pair`):
+    ``model.predict(images)`` (pre-processing, the network with pre-packed oneDNN convolutions on the CPU,
+    post-processing) against calling torchvision's model on the same images as floats in [0, 1]."""
     ours, tv = _same_weights_pair(device)
     gen = torch.Generator().manual_seed(2)
     rows = []
     for batch in batches:
-        images = [torch.randint(0, 256, (3, 375, 500), generator=gen, dtype=torch.uint8).to(device) for _ in range(batch)]
+        images = [torch.randint(0, 256, (3, 375, 500), generator=gen, dtype=torch.uint8).to(device)
+                  for _ in range(batch)]
         floats = [im.float() / 255 for im in images]
 
         def run_ours(images=images):
@@ -246,8 +250,9 @@ def bench_predict(device: torch.device, *, batches=(1, 8), repeats: int = 3, war
     return rows
 
 
-def bench_train_step(device: torch.device, *, batch: int = 8, repeats: int = 3, warmup: int = 1) -> Row:
-    """One SGD step of SSD300 (forward, loss, backward, step) at 300x300, same starting weights."""
+def bench_train_step(device: torch.device, *, batch: int = 8, repeats: int = 2, warmup: int = 1) -> Row:
+    """One SGD step of SSD300 (forward, loss, backward, step) at 300x300, same starting weights; both sides
+    match the targets inside the step (singleshot's trainer does it in the data-loader workers instead)."""
     ours, tv = _same_weights_pair(device)
     ours.train()
     tv.train()
@@ -290,8 +295,8 @@ def bench_data(
 ) -> list[Row]:
     """Data loading with the full training augmentation, per format, against the training step it feeds.
 
-    ``num_images`` synthetic 375x500 images per format (``singleshot.data.synthesize`` into a temporary folder)
-    are read by a ``DataLoader`` with ``workers`` workers and ``TrainTransform(300)`` (photometric distortion,
+    ``num_images`` synthetic 375x500 images per format (``singleshot.data.synthesize`` into a temporary
+    folder) are read by a ``DataLoader`` with ``workers`` workers and ``TrainTransform(300)`` (photometric distortion,
     zoom out, IoU crop, flip, resize). Time per image is the median over ``repeats`` epochs, after one epoch
     that starts the (persistent) workers. There is no torchvision counterpart: the reference is the SSD300
     training step's time per image (``train_seconds_per_image``, from :func:`bench_train_step`), so the
@@ -310,16 +315,16 @@ def bench_data(
             root = Path(tmp) / fmt
             synthesize(root, num_images, format=fmt, image_size=(375, 500), seed=0, splits=[("train", 1.0)])
             dataset = open_dataset(root, split="train", format=fmt, transform=TrainTransform(300))
-            loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate,
-                                persistent_workers=workers > 0)
+            loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                collate_fn=collate, persistent_workers=workers > 0)
 
             def epoch(loader=loader) -> None:
                 for _ in loader:
                     pass
 
             seconds = time_call(epoch, repeats=repeats, warmup=1, device=torch.device("cpu")) / len(dataset)
-            rows.append(Row(f"data loading, {fmt}, TrainTransform(300), {workers} workers (per image)", seconds,
-                            train_seconds_per_image, goal=1.0, note=f"{1 / seconds:.0f} images/s",
+            name = f"data loading, {fmt}, TrainTransform(300), {workers} workers (per image)"
+            rows.append(Row(name, seconds, train_seconds_per_image, goal=1.0, note=f"{1 / seconds:.0f} images/s",
                             reference="SSD300 train step, ours"))
             del loader
     return rows
@@ -335,7 +340,10 @@ def machine_description(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})"
+    if hasattr(os, "getloadavg"):  # other work on the machine slows both sides, unevenly: say how busy it was
+        text += f", load average {os.getloadavg()[0]:.1f} at the end"
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
@@ -403,7 +411,7 @@ def synthetic_detections(num_images: int, *, num_classes: int = 20, generator: t
     return predictions, targets
 
 
-def bench_coco(*, num_images: int = 5000, repeats: int = 3, warmup: int = 0) -> Row:
+def bench_coco(*, num_images: int = 5000, repeats: int = 2, warmup: int = 0) -> Row:
     """COCO mAP with singleshot's vectorised COCOeval vs pycocotools' COCOeval, same input, same numbers."""
     from singleshot.metrics import coco_eval_pycocotools, mean_average_precision
 

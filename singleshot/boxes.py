@@ -71,7 +71,8 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     # cost page faults on the CPU, more than the arithmetic.
     x1a, y1a, x2a, y2a = (c.contiguous()[..., :, None] for c in boxes1.unbind(-1))  # (..., N, 1) each
     x1b, y1b, x2b, y2b = (c.contiguous()[..., None, :] for c in boxes2.unbind(-1))  # (..., 1, M) each
-    reuse = not (torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad))  # out= has no grad
+    # Writing into existing buffers (out=) has no gradient: only without autograd.
+    reuse = not (torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad))
     inter = torch.minimum(x2a, x2b)
     tmp = torch.maximum(x1a, x1b)
     inter.sub_(tmp).clamp_(min=0)  # overlap width

@@ -5,6 +5,10 @@
 L_loc is smooth L1 (beta 1) between predicted and encoded offsets over positives; L_conf is softmax
 cross-entropy over positives plus, per image, the negatives with the highest confidence loss, at most
 ``neg_pos_ratio`` per positive of that image.
+
+Two equal implementations (tests compare them): on the CPU the loss works on the rows that count (the
+positives and the mined negatives, a few percent of B * P) and mines with ``topk``; elsewhere (CUDA) it
+weighs every prior by 0 or 1 and mines with a full sort, so that no host synchronisation is needed.
 """
 
 from __future__ import annotations
@@ -76,8 +80,10 @@ def _background_loss(cls_logits: Tensor) -> Tensor:
     return loss
 
 
-def _loss_sums_dense(cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, offsets: Tensor, neg_pos_ratio: float):
-    """(loc sum, conf sum) over every prior with 0/1 weights: no data-dependent shape, no host synchronisation."""
+def _loss_sums_dense(
+    cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, offsets: Tensor, neg_pos_ratio: float
+) -> tuple[Tensor, Tensor]:
+    """(loc sum, conf sum) over every prior with 0/1 weights: no data-dependent shape, no host sync."""
     positive = labels > 0  # (B, P)
     num_classes = cls_logits.shape[-1]
     conf = F.cross_entropy(
@@ -89,16 +95,17 @@ def _loss_sums_dense(cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, off
     return (loc * positive).sum(), conf_sum
 
 
-def _loss_sums_sparse(cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, offsets: Tensor, neg_pos_ratio: float):
-    """The same sums from the rows that count only (positives and mined negatives, a few percent of B * P): the
-    mining needs one cheap pass over all logits, the loss and its backward touch only those rows."""
+def _loss_sums_sparse(
+    cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, offsets: Tensor, neg_pos_ratio: float
+) -> tuple[Tensor, Tensor]:
+    """The same sums from the rows that count only (positives and mined negatives, a few percent of B * P):
+    the mining needs one cheap pass over all logits, the loss and its backward touch only those rows."""
     positive = labels > 0  # (B, P)
     negative = _mine(_background_loss(cls_logits), positive, neg_pos_ratio, partial=True)
     num_classes = cls_logits.shape[-1]
     rows = (positive | negative).view(-1).nonzero().squeeze(1)  # flat (image, prior) indices
-    conf_sum = F.cross_entropy(
-        cls_logits.reshape(-1, num_classes).index_select(0, rows).float(), labels.reshape(-1)[rows], reduction="sum"
-    )
+    chosen = cls_logits.reshape(-1, num_classes).index_select(0, rows)  # (n, C)
+    conf_sum = F.cross_entropy(chosen.float(), labels.reshape(-1)[rows], reduction="sum")
     pos = positive.view(-1).nonzero().squeeze(1)
     loc_sum = F.smooth_l1_loss(
         box_deltas.reshape(-1, 4).index_select(0, pos).float(), offsets.reshape(-1, 4)[pos].float(),
@@ -107,7 +114,9 @@ def _loss_sums_sparse(cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, of
     return loc_sum, conf_sum
 
 
-def _targets_dense(matched: Tensor, gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, variances) -> tuple[Tensor, Tensor]:
+def _targets_dense(
+    matched: Tensor, gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, variances
+) -> tuple[Tensor, Tensor]:
     """labels Tensor[B, P] and offsets Tensor[B, P, 4] of matched priors (``matched`` Tensor[B, P] from
     :func:`match_priors`), computed for every prior and masked: no host synchronisation."""
     positive = matched >= 0
@@ -118,7 +127,9 @@ def _targets_dense(matched: Tensor, gt_boxes: Tensor, gt_labels: Tensor, priors:
     return labels, offsets
 
 
-def _targets_sparse(matched: Tensor, gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, variances) -> tuple[Tensor, Tensor]:
+def _targets_sparse(
+    matched: Tensor, gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, variances
+) -> tuple[Tensor, Tensor]:
     """:func:`_targets_dense`, computed on the positives only (about 1 % of the priors)."""
     image, prior = (matched >= 0).nonzero(as_tuple=True)
     gt = matched[image, prior]

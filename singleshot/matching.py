@@ -33,7 +33,7 @@ def pad_targets(targets: list[dict[str, Tensor]], device: torch.device | None = 
     boxes = torch.zeros(batch, g, 4, dtype=dtype, device=device)
     boxes[..., 2:] = 1.0
     labels = torch.zeros(batch, g, dtype=torch.int64, device=device)
-    valid = torch.arange(g).expand(batch, g) < torch.tensor(counts, dtype=torch.int64).reshape(batch, 1)  # host
+    valid = torch.arange(g).expand(batch, g) < torch.tensor(counts).reshape(batch, 1)  # (B, G), on the host
     if sum(counts):  # one copy for the whole batch: concatenate, then scatter into the padded slots
         slots = tuple(i.to(device) for i in valid.nonzero(as_tuple=True))  # (image, slot) in target order
         flat_boxes = torch.cat([t["boxes"].reshape(-1, 4) for t in targets])

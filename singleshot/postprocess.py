@@ -23,6 +23,7 @@ from torchvision.ops import batched_nms
 from singleshot.boxes import box_iou, decode
 
 _NMS_BUCKET = 16  # groups are padded to a multiple of this many boxes for the batched NMS
+_NMS_CHUNK = 2**21  # at most this many (G * K * K) overlaps at once: 8 MB a buffer in float32
 
 
 def _empty(device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -117,7 +118,7 @@ def _candidates(cls_logits: Tensor, score_threshold: float) -> tuple[Tensor, Ten
     """
     batch, p, num_classes = cls_logits.shape
     flat = cls_logits.reshape(batch * p, num_classes)
-    if score_threshold <= 0:
+    if score_threshold <= 0 or flat.device.type != "cpu":  # on a GPU the softmax is cheap, a sync is not
         rows = torch.arange(batch * p, device=flat.device)
     elif score_threshold >= 1:
         rows = torch.zeros(0, dtype=torch.int64, device=flat.device)
@@ -176,9 +177,10 @@ def nms_sorted_groups(boxes: Tensor, scores: Tensor, counts: Tensor, iou_thresho
         arithmetic, same comparison).
 
     Groups are padded to a multiple of 16 boxes and processed by size bucket as Tensor[G, K, K] overlap
-    matrices. Greedy NMS is the unique solution of keep[j] = not any(keep[i] and iou[i, j] > t for i < j),
-    found by iterating that equation from keep = all ("Cluster-NMS", Zheng et al. 2021): iteration k fixes at
-    least the first k boxes of every group, and in practice it settles in a handful of iterations.
+    matrices, at most 2^21 overlaps at a time (which bounds the memory). Greedy NMS is the unique solution of
+    keep[j] = not any(keep[i] and iou[i, j] > t for i < j), found by iterating that equation from keep = all
+    ("Cluster-NMS", Zheng et al. 2021): iteration k fixes at least the first k boxes of every group, and in
+    practice it settles in a handful of iterations.
     """
     del scores  # the order carries them
     n = len(boxes)
@@ -191,22 +193,21 @@ def nms_sorted_groups(boxes: Tensor, scores: Tensor, counts: Tensor, iou_thresho
     for k in padded.unique().tolist():  # a few size buckets, not a loop over groups
         if k == 0:
             continue
-        groups = (padded == k).nonzero().squeeze(1)
-        slot = torch.arange(k, device=boxes.device)
-        valid = slot < counts[groups, None]  # (G, K)
-        index = torch.where(valid, starts[groups, None] + slot, 0)  # (G, K) into boxes
-        group_boxes = boxes.index_select(0, index.view(-1)).view(*index.shape, 4)  # (G, K, 4)
-        # over[g, i, j] = 1 where box i precedes box j and overlaps it above the threshold: one in-place
-        # comparison against a (K, K) threshold that is +inf on and below the diagonal.
         above = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu_(1)
-        bound = torch.where(above, threshold, math.inf).to(boxes.dtype)  # (K, K)
-        over = box_iou(group_boxes, group_boxes).gt_(bound)  # (G, K, K), 0/1 floats
-        alive = valid
-        for _ in range(k):
-            suppressed = torch.bmm(alive.to(over.dtype)[:, None, :], over)[:, 0] > 0  # (G, K)
-            settled = valid & ~suppressed
-            if torch.equal(settled, alive):
-                break
-            alive = settled
-        keep[index[alive]] = True
+        bound = torch.where(above, threshold, math.inf).to(boxes.dtype)  # (K, K), inf on/below the diagonal
+        slot = torch.arange(k, device=boxes.device)
+        for groups in (padded == k).nonzero().squeeze(1).split(max(1, _NMS_CHUNK // (k * k))):
+            valid = slot < counts[groups, None]  # (G, K)
+            index = torch.where(valid, starts[groups, None] + slot, 0)  # (G, K) into boxes
+            group_boxes = boxes.index_select(0, index.view(-1)).view(*index.shape, 4)  # (G, K, 4)
+            # over[g, i, j] = 1 where box i precedes box j and overlaps it above the threshold.
+            over = box_iou(group_boxes, group_boxes).gt_(bound)  # (G, K, K), 0/1 floats
+            alive = valid
+            for _ in range(k):
+                suppressed = torch.bmm(alive.to(over.dtype)[:, None, :], over)[:, 0] > 0  # (G, K)
+                settled = valid & ~suppressed
+                if torch.equal(settled, alive):
+                    break
+                alive = settled
+            keep[index[alive]] = True
     return keep

@@ -27,6 +27,7 @@ def test_round_trip_rebuilds_model_settings_and_extra_state(tmp_path):
     model.score_threshold, model.nms_threshold = 0.25, 0.6
     model.candidates_per_class, model.max_detections = 50, 20
     model.mean, model.std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
+    model.antialias = False
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.zeros(1, 3, 96, 128)).__getitem__(0).sum().backward()
     optimizer.step()
@@ -38,7 +39,7 @@ def test_round_trip_rebuilds_model_settings_and_extra_state(tmp_path):
     assert loaded.class_names == ["a", "b", "c"] and not loaded.training
     assert (loaded.score_threshold, loaded.nms_threshold, loaded.candidates_per_class, loaded.max_detections) == (
         0.25, 0.6, 50, 20)
-    assert loaded.mean == (0.4, 0.5, 0.6) and loaded.std == (0.2, 0.3, 0.4)
+    assert loaded.mean == (0.4, 0.5, 0.6) and loaded.std == (0.2, 0.3, 0.4) and loaded.antialias is False
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     x = torch.rand(2, 3, 96, 128)

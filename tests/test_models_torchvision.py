@@ -118,6 +118,7 @@ def test_settings_are_torchvisions():
     assert (lite.score_threshold, lite.nms_threshold, lite.candidates_per_class, lite.max_detections) == (0.001, 0.55, 300, 300)
     assert lite.mean == (0.5, 0.5, 0.5) and lite.arch_args["reduced_tail"] is True
     assert lite.variances == vgg.variances == (0.1, 0.2)
+    assert not vgg.antialias and not lite.antialias and build_model("ssd_small", 3).antialias
 
 
 def test_state_dict_converts_with_default_settings():

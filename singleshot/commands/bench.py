@@ -14,6 +14,7 @@ examples:
   singleshot bench                          # every row on the CPU, table written to docs/benchmarks.md
   singleshot bench --rows loss,post         # only the loss and post-processing rows
   singleshot bench --device cuda --no-write # GPU rows, printed only
+  singleshot bench --threads 1              # one CPU thread: steadier when other work shares the machine
 """
 
 ROWS = ("loss", "post", "predict", "train", "data", "coco")
@@ -22,9 +23,11 @@ ROWS = ("loss", "post", "predict", "train", "data", "coco")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} (default: all)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: per row, 3 to 7)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: per row, 2 to 11)")
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file to update (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table without writing the markdown file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, one per core); 1 is steadier on a busy machine")
 
 
 def _train_seconds_per_image(rows) -> float | None:
@@ -48,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device!r} is not a device name; use cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    if args.repeats is not None and args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: give at least 1 timed run per row")
     kw = {} if args.repeats is None else {"repeats": args.repeats}
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: give a positive number of threads")
+        torch.set_num_threads(args.threads)
 
     results = []
     steps = {

@@ -66,17 +66,16 @@ EPOCH_COLUMNS = (
 
 
 class _Augmented(Dataset):
-    """Training samples: ``(image uint8 Tensor[3, S, S], labels Tensor[P], offsets Tensor[P, 4])``.
+    """Training samples: ``(image uint8 Tensor[3, S, S], target with "boxes" relative xyxy and "labels")``.
 
     Keys are ``(epoch, index)`` pairs; every random choice of the augmentation is seeded by
     ``epoch_seed(seed, epoch, index)``, so a sample does not depend on which worker made it or on where
-    an earlier run stopped. Matching to the priors happens here, in the workers, off the training process.
+    an earlier run stopped.
     """
 
-    def __init__(self, dataset, transform, encoder, seed: int) -> None:
+    def __init__(self, dataset, transform, seed: int) -> None:
         self.dataset = dataset
         self.transform = transform
-        self.encoder = encoder
         self.seed = seed
 
     def __len__(self) -> int:
@@ -86,14 +85,24 @@ class _Augmented(Dataset):
         epoch, index = key
         seed_host(epoch_seed(self.seed, epoch, index))
         image, target = self.transform(*self.dataset[index])
+        return image, {"boxes": target["boxes"], "labels": target["labels"]}
+
+
+class _MatchingCollate:
+    """Batches of ``(images uint8 Tensor[B, 3, S, S], labels Tensor[B, P], offsets Tensor[B, P, 4])``.
+
+    Matching the ground truth to the priors happens here, in the data-loader workers, once per batch
+    (batched matching costs a fraction of per-image calls) and off the training process.
+    """
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder  # a MultiBoxLoss on the CPU: its match() gives the targets of every prior
+
+    def __call__(self, batch):
+        images, targets = zip(*batch)
         with torch.no_grad():
-            labels, offsets = self.encoder.match([{"boxes": target["boxes"], "labels": target["labels"]}])
-        return image, labels[0], offsets[0]
-
-
-def _collate_matched(batch):
-    images, labels, offsets = zip(*batch)
-    return torch.stack(images), torch.stack(labels), torch.stack(offsets)
+            labels, offsets = self.encoder.match(list(targets))
+        return torch.stack(images), labels, offsets
 
 
 class EpochBatches(Sampler):
@@ -328,13 +337,10 @@ class Trainer:
 
         loader = DataLoader(
             _Augmented(
-                train_set,
-                TrainTransform(config.image_size, mean=core.mean, **config.augment),
-                encoder,
-                config.seed,
+                train_set, TrainTransform(config.image_size, mean=core.mean, **config.augment), config.seed
             ),
             batch_sampler=sampler,
-            collate_fn=_collate_matched,
+            collate_fn=_MatchingCollate(encoder),
             num_workers=config.workers,
             pin_memory=device.type == "cuda",
             worker_init_fn=_ignore_sigint,
@@ -589,7 +595,8 @@ class Trainer:
         )
         if not world.is_main:
             return None
-        return float(score(predictions, targets, val_set, config.metric, class_names)["map"])
+        value = float(score(predictions, targets, val_set, config.metric, class_names)["map"])
+        return None if math.isnan(value) else value  # NaN: the split has no ground truth to score
 
     def _write_records(self, out: Path, history: dict, config: TrainConfig) -> None:
         from singleshot.curves import plot_training_curves

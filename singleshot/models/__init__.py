@@ -7,7 +7,7 @@
 """
 
 from singleshot.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from singleshot.models.ssd import SSD, SSDHead
+from singleshot.models.ssd import SSD, SSDHead, count_flops, count_parameters
 from singleshot.models.torchvision_interop import from_torchvision
 from singleshot.models.zoo import DEFAULT_MODEL, build_model, list_models, register_model
 
@@ -16,6 +16,8 @@ __all__ = [
     "SSD",
     "SSDHead",
     "build_model",
+    "count_flops",
+    "count_parameters",
     "from_torchvision",
     "list_models",
     "load_checkpoint",

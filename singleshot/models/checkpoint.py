@@ -172,7 +172,7 @@ def model_from_checkpoint(data: dict, source: str = "checkpoint") -> SSD:
     pre, post = data["preprocessing"], data["postprocessing"]
     try:
         model.mean, model.std = pre["mean"], pre["std"]
-        model.antialias = bool(pre.get("antialias", False))
+        model.antialias = bool(pre["antialias"])
         for key in ("score_threshold", "nms_threshold", "candidates_per_class", "max_detections"):
             setattr(model, key, post[key])
         model.variances = tuple(post["variances"])

@@ -1,7 +1,7 @@
 """A small SSD base for CPUs: a narrow VGG-style stack of 3x3 convolution + BatchNorm + ReLU.
 
 Each stride-2 stage halves the map; the source maps sit at strides 8, 16, 32 and 64 (24, 12, 6, 3 cells
-at 192 px) with ``4w, 8w, 8w, 8w`` channels for a base width ``w``::
+at 192 px) with ``4w, 8w, 8w, 8w`` channels for a base width ``w`` (12 by default: 48, 96, 96, 96)::
 
     3 -conv/2-> w -conv/2-> 2w -conv/2-> 4w -conv-> 4w          source 0, stride 8
                                           -conv/2-> 8w -conv-> 8w  source 1, stride 16
@@ -9,6 +9,8 @@ at 192 px) with ``4w, 8w, 8w, 8w`` channels for a base width ``w``::
                                           -conv/2-> 8w             source 3, stride 64
 
 BatchNorm lets it train from scratch with a large learning rate; no ImageNet weights exist for it.
+On the demo's shapes, accuracy follows the number of training steps far more than the width, so the
+default is narrow (``docs/models.md`` has the measurements).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class SmallBackbone(nn.Module):
         width: base channel count ``w`` (source maps have ``4w, 8w, 8w, 8w`` channels).
     """
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 12) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")

@@ -6,8 +6,9 @@
 - Pre-processing (``GeneralizedRCNNTransform`` with ``fixed_size``): each float image in [0, 1] is
   normalised, ``(x - image_mean) / image_std``, then resized to the fixed size by
   ``F.interpolate(mode="bilinear", align_corners=False)`` without antialiasing. ``SSD.predict`` does the
-  same (``antialias=False``). ssd300's mean/std are (0.48235, 0.45882, 0.40784) and 1/255 (Caffe's
-  0..255 pixel scale); SSDLite's 0.5 and 0.5.
+  same: converted models get ``antialias=False`` (singleshot's own default is True, as its data
+  transforms). ssd300's mean/std are (0.48235, 0.45882, 0.40784) and 1/255 (Caffe's 0..255 pixel
+  scale); SSDLite's 0.5 and 0.5.
 - Default boxes: ssd300 uses ``default_boxes(**TORCHVISION_SSD300, clip="wh")``; SSDLite's
   ``DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95)`` has no steps, scales 0.2 .. 0.95 then 1.0,
   and clips w and h (:data:`singleshot.models.zoo.SSDLITE_SCALES`).
@@ -37,6 +38,7 @@ _DEFAULTS = {
         "scales": list(TORCHVISION_SSD300["scales"]),
         "steps": list(TORCHVISION_SSD300["steps"]),
         "clip": "wh",
+        "antialias": False,
         "mean": [0.48235, 0.45882, 0.40784],
         "std": [1.0 / 255.0] * 3,
         "score_threshold": 0.01,
@@ -49,6 +51,7 @@ _DEFAULTS = {
         "scales": list(SSDLITE_SCALES),
         "steps": None,
         "clip": "wh",
+        "antialias": False,
         "mean": [0.5, 0.5, 0.5],
         "std": [0.5, 0.5, 0.5],
         "score_threshold": 0.001,
@@ -119,6 +122,7 @@ def _settings_from_module(model: nn.Module, arch: str) -> dict:
         "scales": [float(s) for s in anchors.scales],
         "steps": None if anchors.steps is None else list(anchors.steps),
         "clip": "wh" if anchors.clip else None,
+        "antialias": False,  # GeneralizedRCNNTransform's F.interpolate(mode="bilinear") does not antialias
         "mean": [float(v) for v in transform.image_mean],
         "std": [float(v) for v in transform.image_std],
         "score_threshold": float(model.score_thresh),
