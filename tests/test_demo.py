@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
 from singleshot.cli import main
 
 
-@pytest.mark.slow
 def test_quick_demo_writes_every_output(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--workers", "0", "--no-progress"]) == 0

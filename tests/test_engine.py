@@ -292,7 +292,6 @@ def _loss_columns(path):
     ]
 
 
-@pytest.mark.slow
 def test_stopping_and_resuming_gives_the_same_weights_as_one_run(tmp_path, tiny_voc):
     """1 epoch + resume + 1 epoch == 2 epochs, bit for bit; also when stopped in the middle of an epoch.
 

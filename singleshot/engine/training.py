@@ -606,7 +606,7 @@ class Trainer:
             out / "curves.png",
             history["steps"],
             history["epochs"],
-            title=f"{config.model} on {Path(config.data).name}",
+            title=f"{config.model} on {'/'.join(Path(config.data).parts[-2:])}",
         )
 
     def _say(self, text: str) -> None:
