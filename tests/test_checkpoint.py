@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from singleshot.cli import main
 from singleshot.errors import UserError
-from singleshot.models import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from singleshot.models import build_model, load_checkpoint, read_checkpoint, save_checkpoint, zoo
 
 
 def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -140,3 +146,126 @@ def test_python_objects_are_not_unpickled(tmp_path):
     model = build_model("ssd_small", 3, width=4)
     path = save_checkpoint(tmp_path / "evil.pt", model, hook=nn.ReLU())
     _one_line_user_error(path, "Python objects")
+
+
+# --- the architecture is pinned: resolved builder arguments and the default boxes ----------------
+
+
+def test_round_trip_keeps_the_resolved_arguments_and_the_priors(tmp_path):
+    model = build_model("ssd_small", 3, image_size=(96, 128), width=4)
+    path = save_checkpoint(tmp_path / "a.pt", model)
+    raw = read_checkpoint(path)
+    assert raw["version"] == 2
+    assert raw["arch_args"] == {"image_size": [96, 128], "width": 4, "scales": [0.15, 0.3, 0.5, 0.75, 0.95],
+                                "aspect_ratios": [[2.0], [2.0, 3.0], [2.0, 3.0], [2.0]], "steps": None,
+                                "clip": "cxcywh"}
+    assert torch.equal(raw["priors"], model.priors) and raw["priors"].dtype == torch.float32
+    assert torch.equal(load_checkpoint(path).priors, model.priors)
+
+
+def _change_small_defaults(monkeypatch) -> None:
+    """Act as a later singleshot whose ssd_small defaults to other default boxes and a wider backbone."""
+    defaults = zoo.ssd_small.__kwdefaults__
+    monkeypatch.setitem(defaults, "scales", (0.1, 0.25, 0.45, 0.7, 0.9))
+    monkeypatch.setitem(defaults, "aspect_ratios", ((2,), (2,), (2,), (2,)))
+    monkeypatch.setitem(defaults, "width", 8)
+
+
+def test_changed_builder_defaults_do_not_change_a_saved_model(tmp_path, monkeypatch):
+    model = _trained_looking(build_model("ssd_small", 3, width=4))
+    path = save_checkpoint(tmp_path / "a.pt", model)
+    _change_small_defaults(monkeypatch)
+    assert len(build_model("ssd_small", 3).priors) != len(model.priors)  # the defaults did change
+
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.priors, model.priors) and loaded.backbone.out_channels == model.backbone.out_channels
+    x = torch.rand(1, 3, 192, 192)
+    with torch.no_grad():
+        for a, b in zip(model.eval()(x), loaded(x)):
+            assert torch.equal(a, b)
+
+
+def test_other_default_boxes_than_the_stored_ones_give_one_sentence(tmp_path, monkeypatch):
+    good = save_checkpoint(tmp_path / "good.pt", build_model("ssd_small", 3, width=4))
+    message = "default boxes .* differ from the ones it was trained with; load it with the singleshot version"
+
+    data = read_checkpoint(good)
+    data["priors"][100, 2] += 0.01  # one box 1 % of the image wider
+    torch.save(data, tmp_path / "tampered.pt")
+    _one_line_user_error(tmp_path / "tampered.pt", message)
+
+    data = read_checkpoint(good)
+    data["priors"] = data["priors"][:-1]
+    torch.save(data, tmp_path / "fewer.pt")
+    _one_line_user_error(tmp_path / "fewer.pt", message)
+
+    # Arguments that no longer rebuild the same boxes (here: some left out, and the defaults changed).
+    data = read_checkpoint(good)
+    data["arch_args"] = {"width": 4}
+    torch.save(data, tmp_path / "partial_args.pt")
+    _change_small_defaults(monkeypatch)
+    _one_line_user_error(tmp_path / "partial_args.pt", message)
+
+    data = read_checkpoint(good)
+    data["priors"] = [0.5, 0.5, 0.1, 0.1]
+    torch.save(data, tmp_path / "bad_priors.pt")
+    _one_line_user_error(tmp_path / "bad_priors.pt", "'priors' entry")
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    model = _trained_looking(build_model("ssd_small", 3, image_size=(96, 128), width=4, class_names=["a", "b"]))
+    data = read_checkpoint(save_checkpoint(tmp_path / "new.pt", model))
+    # Version 1: only the builder arguments the user gave (and image_size), no priors.
+    data.update(version=1, arch_args={"width": 4, "image_size": [96, 128]})
+    del data["priors"]
+    torch.save(data, tmp_path / "old.pt")
+
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert torch.equal(loaded.priors, model.priors) and loaded.class_names == ["a", "b"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+# --- files that are not checkpoints ---------------------------------------------------------------
+
+
+def _not_checkpoints(tmp_path) -> dict[str, os.PathLike]:
+    """Files someone may pass for a checkpoint that torch.load cannot read (or warns about)."""
+    (tmp_path / "notes.txt").write_text("epoch 3: loss 1.2\n")
+    (tmp_path / "random.pt").write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                                       dtype=torch.uint8).numpy().tobytes())
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
+        archive.writestr("weights.txt", "not a tensor")
+    (tmp_path / "pickled.pt").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    files = {name: tmp_path / name for name in ("notes.txt", "random.pt", "archive.pt", "pickled.pt", "empty.pt")}
+    return {**files, "README.md": Path(__file__).resolve().parents[1] / "README.md"}
+
+
+def test_files_that_are_not_pytorch_checkpoints_give_one_short_sentence(tmp_path):
+    for name, path in _not_checkpoints(tmp_path).items():
+        with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError) as info:
+            warnings.simplefilter("always")
+            load_checkpoint(path)
+        message = str(info.value)
+        assert message == (f"{path} is not a PyTorch checkpoint: pass a .pt file written by 'singleshot train' "
+                           "or save_checkpoint"), name
+        assert not caught, (name, [str(w.message) for w in caught])
+
+
+def test_detect_names_a_non_checkpoint_in_one_line(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (90, 120, 200)).save(image)
+    plain = tmp_path / "plain.pt"
+    torch.save({"head.classification_head.module_list.0.weight": torch.zeros(1)}, plain)
+    cases = {**{path: f"{path} is not a PyTorch checkpoint" for path in _not_checkpoints(tmp_path).values()},
+             tmp_path / "missing.pt": "does not exist", plain: "is not a singleshot checkpoint"}
+    for path, words in cases.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = main(["detect", str(path), str(image), "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert words in err and "Traceback" not in err and "weights_only" not in err, err
+        assert not caught, [str(w.message) for w in caught]
+    assert not (tmp_path / "out").exists()

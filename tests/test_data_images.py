@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from singleshot.data import check_dataset, load_image, open_dataset, read_image_header
+from singleshot.data.images import load_annotated_image
 from singleshot.errors import UserError
 
 from .test_data_readers import voc_xml
@@ -41,6 +44,31 @@ def test_modes_load_as_rgb(tmp_path):
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # really a 16-bit file
 
 
+def test_images_load_writable_without_warnings(tmp_path, monkeypatch):
+    arrays = []
+    from_numpy = torch.from_numpy
+
+    def spy(array):  # torch warns about a read-only array once per process only: check every call
+        arrays.append(array)
+        return from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", spy)
+    Image.new("RGB", (6, 4), (10, 20, 30)).save(tmp_path / "rgb.png")
+    Image.new("L", (6, 4), 77).save(tmp_path / "gray.png")
+    Image.new("RGBA", (6, 4), (0, 0, 255, 128)).save(tmp_path / "rgba.png")
+    rotated_jpeg(tmp_path / "r.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ["rgb.png", "gray.png", "rgba.png", "r.jpg"]:
+            image = load_image(tmp_path / name)
+            assert image.is_contiguous()
+            annotated, _, _ = load_annotated_image(tmp_path / name)
+            assert torch.equal(annotated, image)
+            image.add_(1), annotated.add_(1)  # the caller owns the pixels
+        assert torch.equal(load_image(tmp_path / "rgb.png")[:, 0, 0], torch.tensor([10, 20, 30], dtype=torch.uint8))
+    assert len(arrays) == 9 and all(a.flags.writeable for a in arrays)
+
+
 def test_unreadable_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_image(tmp_path / "none.jpg")
@@ -49,6 +77,23 @@ def test_unreadable_files_are_user_errors(tmp_path):
         load_image(tmp_path / "text.jpg")
     with pytest.raises(UserError, match="not an image file"):
         read_image_header(tmp_path / "text.jpg")
+
+
+def test_error_hints_fit_the_caller(tmp_path):
+    (tmp_path / "text.jpg").write_text("hello")
+    # load_image serves `singleshot detect` and any caller: the file and the reason, no data-set command.
+    with pytest.raises(UserError) as info:
+        load_image(tmp_path / "text.jpg")
+    assert str(info.value) == f"cannot read image {tmp_path / 'text.jpg'} (not an image file PIL can read)."
+    with pytest.raises(UserError) as info:
+        load_image(tmp_path / "none.jpg")
+    assert str(info.value) == f"image {tmp_path / 'none.jpg'} does not exist; check the path."
+    # The data-set readers point to check-data, which lists every broken file at once.
+    for read in (load_annotated_image, read_image_header):
+        with pytest.raises(UserError, match=r"cannot read image .*text\.jpg .*; run 'singleshot check-data'"):
+            read(tmp_path / "text.jpg")
+        with pytest.raises(UserError, match=r"does not exist; check the path or run 'singleshot check-data'"):
+            read(tmp_path / "none.jpg")
 
 
 def rotated_jpeg(path, orientation: int = 6):

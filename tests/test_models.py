@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 from urllib.error import URLError
 
@@ -13,7 +15,7 @@ from torch import nn
 from singleshot.boxes import cxcywh_to_xyxy
 from singleshot.cli import main
 from singleshot.errors import UserError
-from singleshot.models import DEFAULT_MODEL, SSD, SSDHead, build_model, list_models
+from singleshot.models import DEFAULT_MODEL, SSD, SSDHead, build_model, list_models, zoo
 from singleshot.models.ssd import count_flops, count_parameters
 from singleshot.models.vgg import L2Norm, subsample_fc6, subsample_fc7
 from singleshot.priors import SSD300_VOC, SSD512_VOC, default_boxes
@@ -221,9 +223,26 @@ def test_class_names_and_options_are_checked():
 
 def test_arch_args_hold_plain_types_only():
     model = build_model("ssd300_vgg16", 3, image_size=(300, 320), scales="coco", class_names=["a", "b"])
-    assert model.arch_args == {"image_size": [300, 320], "scales": "coco"}
+    # The "coco" preset as its scales (min sizes 21 .. 261 px of 300, then 315 px); steps="auto" at a size
+    # other than 300x300 spreads the centres evenly (None); clip as the builder's default.
+    assert model.arch_args == {
+        "image_size": [300, 320], "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], "steps": None, "clip": None}
     lite = build_model("ssdlite320_mobilenet_v3_large", 3)
-    assert lite.arch_args == {"reduced_tail": True, "image_size": [320, 320]}
+    assert lite.arch_args == {
+        "image_size": [320, 320], "scales": pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0]), "steps": None,
+        "clip": "wh", "reduced_tail": True}
+
+
+@pytest.mark.parametrize("name", ["ssd300_vgg16", "ssd_small"])
+def test_arch_args_resolve_every_builder_keyword_and_rebuild_the_same_model(name):
+    model = build_model(name, 3, score_threshold=0.2, backbone_weights=None)
+    builder = inspect.signature(getattr(zoo, name))
+    keywords = {k for k, p in builder.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(model.arch_args) == keywords - {"backbone_weights"} | {"score_threshold"}
+    assert "auto" not in model.arch_args.values() and "voc" not in model.arch_args.values()
+    assert json.loads(json.dumps(model.arch_args)) == model.arch_args  # plain values
+    again = build_model(name, 3, **model.arch_args)
+    assert again.arch_args == model.arch_args and torch.equal(again.priors, model.priors)
 
 
 # --- ImageNet backbone weights --------------------------------------------------------------------

@@ -31,6 +31,8 @@ ORIENTATION_TAG = 0x0112
 SWAPS_AXES = (5, 6, 7, 8)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 EXIF_MODES = ("auto", "upright", "stored")
+# What the data-set readers add to a broken image's error: the command that lists every broken file at once.
+CHECK_DATA_HINT = "run 'singleshot check-data' to list every broken file"
 
 
 class ImageHeader(NamedTuple):
@@ -74,11 +76,17 @@ def read_image_header(path: str | os.PathLike) -> ImageHeader:
     try:
         with Image.open(path) as im:
             return ImageHeader(im.width, im.height, _orientation(im), im.mode, im.format or "")
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist; check the path or run 'singleshot check-data'.") from None
     except Exception as exc:
-        raise UserError(f"cannot read image {path} ({_reason(exc)}); run 'singleshot check-data' "
-                        "to list every broken file.") from None
+        raise _image_error(path, exc, CHECK_DATA_HINT) from None
+
+
+def _image_error(path: str | os.PathLike, exc: BaseException, hint: str | None) -> UserError:
+    """The one-sentence error for an image file PIL could not open or decode, with ``hint`` appended."""
+    if isinstance(exc, FileNotFoundError):
+        text = f"image {path} does not exist; check the path" + (f" or {hint}" if hint else "")
+    else:
+        text = f"cannot read image {path} ({_reason(exc)})" + (f"; {hint}" if hint else "")
+    return UserError(text + ".")
 
 
 def _reason(exc: BaseException) -> str:
@@ -105,10 +113,14 @@ def exif_transpose_for(header: ImageHeader, annotated_size: tuple[int, int] | No
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    """PIL image of any mode -> ``uint8`` array (H, W, 3)."""
+    """PIL image of any mode -> ``uint8`` array (H, W, 3), read-only where it views PIL's pixel bytes.
+
+    ``np.asarray`` takes the bytes PIL exports without copying them again (``np.array`` would); callers copy
+    into the layout they return, which makes the array writable (``torch.from_numpy`` warns otherwise).
+    """
     mode = im.mode
     if mode == "RGB":
-        return np.array(im)
+        return np.asarray(im)
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float gray
         a = np.nan_to_num(np.asarray(im, dtype=np.float32))
         peak = float(a.max(initial=0.0))
@@ -121,12 +133,13 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(background, im).convert("RGB"))
-    return np.array(im.convert("RGB"))
+        return np.asarray(Image.alpha_composite(background, im).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
 
 
-def _decode(path: str | os.PathLike, transpose: bool | None, annotated_size, exif: str):
-    """Decode a file; returns (array (H, W, 3) uint8, header, whether the EXIF orientation was applied)."""
+def _decode(path: str | os.PathLike, transpose: bool | None, annotated_size, exif: str, hint: str | None):
+    """Decode a file; returns (array (H, W, 3) uint8, possibly read-only, header, whether the EXIF orientation
+    was applied). ``hint`` ends the error message of a missing or broken file."""
     try:
         with Image.open(path) as im:
             header = ImageHeader(im.width, im.height, _orientation(im), im.mode, im.format or "")
@@ -137,11 +150,8 @@ def _decode(path: str | os.PathLike, transpose: bool | None, annotated_size, exi
             if transpose:
                 im = ImageOps.exif_transpose(im)
             array = _to_rgb_array(im)
-    except FileNotFoundError:
-        raise UserError(f"image {path} does not exist; check the path or run 'singleshot check-data'.") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error ... on bad files
-        raise UserError(f"cannot read image {path} ({_reason(exc)}); run 'singleshot check-data' "
-                        "to list every broken file.") from None
+        raise _image_error(path, exc, hint) from None
     return array, header, transpose
 
 
@@ -156,10 +166,10 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Tenso
         ``Tensor[3, H, W]`` uint8 RGB, contiguous.
 
     Raises:
-        UserError: the file is missing, truncated or not an image.
+        UserError: the file is missing, truncated or not an image (one sentence naming it, fit for any caller).
     """
-    array, _, _ = _decode(path, exif_transpose, None, "upright")
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    array, _, _ = _decode(path, exif_transpose, None, "upright", None)
+    return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # the one copy, into (3, H, W)
 
 
 def load_annotated_image(path: str | os.PathLike, annotated_size: tuple[int, int] | None = None,
@@ -169,8 +179,12 @@ def load_annotated_image(path: str | os.PathLike, annotated_size: tuple[int, int
     Returns:
         (image ``Tensor[3, H, W]`` uint8 RGB as a channels-last view of the decoded (H, W, 3) array (resizing
         it is twice as fast as a contiguous copy), the file's header, whether the EXIF orientation was applied).
+
+    Raises:
+        UserError: the file is missing, truncated or not an image; the message points to check-data.
     """
-    array, header, transposed = _decode(path, None, annotated_size, exif)
+    array, header, transposed = _decode(path, None, annotated_size, exif, CHECK_DATA_HINT)
+    array = np.require(array, requirements="W")  # copies PIL's read-only bytes: the tensor shares this memory
     return torch.from_numpy(array).permute(2, 0, 1), header, transposed
 
 

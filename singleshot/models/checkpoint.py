@@ -3,8 +3,10 @@
 A checkpoint is a plain dict saved with ``torch.save`` (loadable with ``weights_only=True``)::
 
     format            "singleshot.checkpoint"
-    version           1
-    arch, arch_args   the zoo name and its builder's keyword arguments (image_size included)
+    version           2
+    arch, arch_args   the zoo name and every keyword argument of its builder, as resolved (image_size,
+                      default boxes and defaults included)
+    priors            Tensor[P, 4] float32: the default boxes the model was trained with, checked on loading
     num_classes       C, background included
     class_names       C - 1 names
     preprocessing     {"image_size": [h, w], "mean": [3], "std": [3], "antialias": bool}
@@ -16,6 +18,9 @@ A checkpoint is a plain dict saved with ``torch.save`` (loadable with ``weights_
     save_checkpoint("runs/a/last.pt", model, optimizer=opt.state_dict(), epoch=3)   # atomic
     model = load_checkpoint("runs/a/last.pt")
     state = read_checkpoint("runs/a/last.pt")["optimizer"]
+
+Version 1 (singleshot before the arch_args were resolved) stored only the builder arguments given by the
+user and no priors; such files still load, with this version's builder defaults and without the check.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import contextlib
 import os
 import pickle
 import uuid
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,7 +41,7 @@ from singleshot.models.ssd import SSD
 from singleshot.models.zoo import build_model
 
 FORMAT = "singleshot.checkpoint"
-VERSION = 1
+VERSION = 2
 _FIELDS = {
     "arch": str,
     "arch_args": dict,
@@ -45,7 +51,11 @@ _FIELDS = {
     "postprocessing": dict,
     "state_dict": dict,
 }
-RESERVED_KEYS = frozenset({"format", "version", "singleshot_version", *_FIELDS})
+RESERVED_KEYS = frozenset({"format", "version", "singleshot_version", "priors", *_FIELDS})
+# Rebuilt default boxes must equal the stored ones up to float32 rounding (they are relative coordinates).
+PRIORS_ATOL = 1e-5
+# torch.save's legacy (non-zip) format starts with this number, pickled (torch.serialization.MAGIC_NUMBER).
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def unwrap_model(model: nn.Module) -> SSD:
@@ -84,6 +94,7 @@ def checkpoint_dict(model: nn.Module, **extra) -> dict:
             "antialias": bool(model.antialias),
         },
         "postprocessing": settings,
+        "priors": model.priors_for(model.image_size).float().cpu(),
         "state_dict": model.state_dict(),
         **extra,
     }
@@ -117,6 +128,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _is_torch_file(path: str) -> bool:
+    """Whether ``path`` starts as ``torch.save`` writes: a zip archive with a ``data.pkl`` record (a damaged
+    archive counts), or the legacy format's magic number."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return True  # a truncated archive; a checkpoint is the likely thing to have been cut short
+    return head.startswith(b"\x80") and _LEGACY_MAGIC in head
+
+
+def _damaged(path: str) -> UserError:
+    return UserError(
+        f"checkpoint {path} cannot be read: it is truncated or damaged; copy it again or use another checkpoint"
+    )
+
+
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The raw checkpoint dict (with any extra keys), validated.
 
@@ -126,18 +157,26 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; check the path (training writes last.pt and best.pt)")
     try:
+        torch_file = _is_torch_file(path)
+    except PermissionError:
+        raise UserError(f"checkpoint {path} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise UserError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from None
+    if not torch_file:  # refused before torch.load, whose errors and warnings on such bytes are long
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint: pass a .pt file written by 'singleshot train' or save_checkpoint"
+        )
+    try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+        if "weights" in str(exc).lower():
             raise UserError(
                 f"checkpoint {path} holds Python objects besides plain data and tensors, which singleshot "
                 "does not unpickle (they could run code); save training state as plain values"
             ) from None
-        raise UserError(f"checkpoint {path} cannot be read: it is truncated or not a PyTorch file") from None
-    except PermissionError:
-        raise UserError(f"checkpoint {path} cannot be read: permission denied") from None
-    except Exception:  # torch.load of damaged bytes raises many kinds (RuntimeError, KeyError, EOFError, OSError)
-        raise UserError(f"checkpoint {path} cannot be read: it is truncated or not a PyTorch file") from None
+        raise _damaged(path) from None
+    except Exception:  # damaged bytes raise many kinds (RuntimeError, KeyError, EOFError, OSError)
+        raise _damaged(path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = ""
         if isinstance(data, dict) and any(str(k).startswith("head.classification_head") for k in data):
@@ -151,6 +190,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     for key, kind in _FIELDS.items():
         if not isinstance(data.get(key), kind):
             raise UserError(f"checkpoint {path} is damaged: its {key!r} entry is missing or not a {kind.__name__}")
+    priors = data.get("priors")
+    if data["version"] >= 2 and not (isinstance(priors, Tensor) and priors.ndim == 2 and priors.shape[1] == 4):
+        raise UserError(f"checkpoint {path} is damaged: its 'priors' entry is missing or not a Tensor[P, 4]")
     if not all(isinstance(v, Tensor) for v in data["state_dict"].values()):
         raise UserError(f"checkpoint {path} is damaged: its weights are not all tensors")
     return data
@@ -162,6 +204,8 @@ def model_from_checkpoint(data: dict, source: str = "checkpoint") -> SSD:
         model = build_model(data["arch"], data["num_classes"], **data["arch_args"])
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
+    if "priors" in data:  # before the weights: other default boxes usually mean other head shapes too
+        _check_priors(model, data, source)
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:
@@ -179,6 +223,18 @@ def model_from_checkpoint(data: dict, source: str = "checkpoint") -> SSD:
     except KeyError as exc:
         raise UserError(f"{source} is damaged: its settings lack {exc}") from None
     return model
+
+
+def _check_priors(model: SSD, data: dict, source: str) -> None:
+    """UserError unless the rebuilt ``model``'s default boxes are those the checkpoint was trained with."""
+    stored = data["priors"].float().cpu()
+    rebuilt = model.priors_for(model.image_size).float().cpu()
+    if stored.shape != rebuilt.shape or not torch.allclose(stored, rebuilt, rtol=0.0, atol=PRIORS_ATOL):
+        raise UserError(
+            f"{source}: the default boxes this singleshot ({__version__}) builds for {data['arch']} differ from "
+            f"the ones it was trained with; load it with the singleshot version that wrote it "
+            f"({data.get('singleshot_version', 'unknown')})"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> SSD:

@@ -7,8 +7,9 @@
 Every builder takes ``num_classes`` and keyword arguments: its own (backbone, default boxes, ImageNet
 weights) and any keyword of :class:`singleshot.models.SSD` (``mean``, ``std``, ``class_names``,
 ``score_threshold``, ``nms_threshold``, ``candidates_per_class``, ``max_detections``, ...).
-``build_model`` records the name and the keyword arguments on the model (``arch``, ``arch_args``) so that a
-checkpoint can rebuild it.
+``build_model`` records the name and the resolved keyword arguments on the model (``arch``, ``arch_args``:
+every keyword of the builder with the value it took, defaults included, plus the SSD keywords given) so
+that a checkpoint rebuilds the same architecture even after a later version changes a default.
 
 Default boxes: ``scales`` is a list of m + 1 relative scales or the name of a reference configuration;
 ``steps="auto"`` uses the reference pixel strides at the reference input size and evenly spread centres
@@ -90,10 +91,28 @@ def build_model(name: str, num_classes: int, **overrides) -> SSD:
         raise UserError(f"num_classes must be an int of at least 2 (background + one class), got {num_classes!r}")
     model = builder(num_classes, **overrides)
     model.arch = name
-    given = {k: _plain(v) for k, v in overrides.items() if k not in _NOT_ARCH_ARGS}
-    # Arguments a builder resolved itself (e.g. SSDLite's reduced_tail) are recorded as resolved.
-    model.arch_args = {**given, **model.arch_args, "image_size": list(model.image_size)}
+    model.arch_args = _resolved_arguments(builder, model, overrides)
     return model
+
+
+def _resolved_arguments(builder: Callable[..., SSD], model: SSD, overrides: dict) -> dict:
+    """Every keyword of ``builder`` with the value it took (defaults included), plus the given SSD keywords.
+
+    Default-box keywords are recorded as the model resolved them (a ``scales`` preset name becomes its
+    scales, ``steps="auto"`` the strides or None), and arguments a builder resolved itself (SSDLite's
+    ``reduced_tail``) as resolved, so that the record alone rebuilds the same default boxes and layers.
+    """
+    own = {
+        key: param.default
+        for key, param in inspect.signature(builder).parameters.items()
+        if key != "num_classes" and param.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    resolved = {**own, **overrides, "image_size": model.image_size}
+    for key in ("aspect_ratios", "scales", "steps", "clip"):
+        if key in own:
+            resolved[key] = getattr(model, key)
+    resolved.update(model.arch_args)
+    return {key: _plain(value) for key, value in resolved.items() if key not in _NOT_ARCH_ARGS}
 
 
 def _plain(value):
