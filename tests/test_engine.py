@@ -323,6 +323,87 @@ def test_stopping_and_resuming_gives_the_same_weights_as_one_run(tmp_path, tiny_
     assert not (tmp_path / "a" / "best.pt").exists()  # no validation split: no best.pt
 
 
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, tiny_voc):
+    """The weights of one epoch (4 steps) in one go, and the last.pt of the same run stopped after step 2."""
+    out = tmp_path_factory.mktemp("stopped")
+    straight = _fit(_config(tiny_voc, out / "a", epochs=1))
+    assert _fit(_config(tiny_voc, out / "b", epochs=1), stop_at=2).interrupted
+    return straight.model.state_dict(), out / "b" / "last.pt"
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_continues_the_checkpoint_architecture_when_a_builder_default_changed(
+    stopped_run, tmp_path, tiny_voc, monkeypatch
+):
+    """Other default scales change the default boxes but no layer: a run built from this version's defaults
+    would load the weights and silently train against other boxes. Resume rebuilds the stored arch_args."""
+    from singleshot.models import build_model, read_checkpoint
+    from singleshot.models.zoo import SMALL_SCALES, ssd_small
+
+    straight, last = stopped_run
+    monkeypatch.setitem(ssd_small.__kwdefaults__, "scales", (0.2, 0.35, 0.55, 0.8, 0.95))
+    assert build_model("ssd_small", 4, image_size=64).scales == [0.2, 0.35, 0.55, 0.8, 0.95]  # it did change
+
+    resumed = _fit(_config(tiny_voc, tmp_path / "c", epochs=1), resume=last)
+    assert not resumed.interrupted and resumed.model.scales == SMALL_SCALES
+    _assert_same_weights(straight, resumed.model.state_dict())
+    assert read_checkpoint(tmp_path / "c" / "last.pt")["arch_args"]["scales"] == SMALL_SCALES  # still pinned
+
+
+def test_a_version_1_checkpoint_resumes_with_this_versions_defaults(stopped_run, tmp_path, tiny_voc):
+    from singleshot.models import read_checkpoint
+
+    straight, last = stopped_run
+    data = read_checkpoint(last)
+    data.update(version=1, arch_args={"image_size": [64, 64]})  # version 1: the arguments given, no priors
+    del data["priors"]
+    torch.save(data, tmp_path / "old.pt")
+    resumed = _fit(_config(tiny_voc, tmp_path / "c", epochs=1), resume=tmp_path / "old.pt")
+    _assert_same_weights(straight, resumed.model.state_dict())
+
+
+def test_resume_refuses_other_default_boxes_data_or_model_in_one_sentence(stopped_run, tmp_path, tiny_voc):
+    from singleshot.data import synthesize
+    from singleshot.models import read_checkpoint
+
+    _, last = stopped_run
+    data = read_checkpoint(last)
+    data["priors"][10, 3] += 0.01  # as if this version computed one default box 1 % taller
+    torch.save(data, tmp_path / "other_boxes.pt")
+    cases = [
+        (
+            {},
+            tmp_path / "other_boxes.pt",
+            rf"^checkpoint {re.escape(str(tmp_path / 'other_boxes.pt'))}: the default boxes this singleshot .* "
+            "differ from the ones it was trained with; load it with the singleshot version that wrote it",
+        ),
+        (
+            {"image_size": 96},
+            last,
+            rf"^--image-size 96 contradicts {re.escape(str(last))}, which holds 64; resume",
+        ),
+        ({"model": "ssd300_vgg16"}, last, "^--model 'ssd300_vgg16' contradicts .* which holds 'ssd_small'"),
+        ({"model_options": {"width": 8}}, last, r"^config key 'model_options' \{'width': 8\} contradicts"),
+    ]
+    for options, path, message in cases:
+        with pytest.raises(UserError, match=message):
+            _fit(_config(tiny_voc, tmp_path / "c", epochs=1, **options), resume=path)
+
+    other = tmp_path / "two-classes"
+    synthesize(other, 8, image_size=64, seed=1, num_classes=2)
+    with pytest.raises(
+        UserError, match=rf"was trained on other classes than the 2 of {re.escape(str(other))}"
+    ):
+        _fit(_config(other, tmp_path / "c", epochs=1), resume=last)
+    assert not (tmp_path / "c").exists()  # refused before writing anything
+
+
 def _untrained(data):
     from singleshot.data import open_dataset
     from singleshot.models import build_model

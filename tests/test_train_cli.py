@@ -127,6 +127,11 @@ def test_resume_refuses_a_weights_only_checkpoint_and_changed_architecture(train
         main(["train", "--resume", str(trained_run / "last.pt"), "--image-size", "96", "--epochs", "3"]) == 2
     )
     assert "--image-size cannot change when resuming" in capsys.readouterr().err
+    argv = ["train", "--resume", str(trained_run / "last.pt"), "--model", "ssd300_vgg16", "--epochs", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--model cannot change when resuming" in err and "(it was 'ssd_small')" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_eval_prints_the_table_and_writes_json_and_pr_curves(trained_run, tiny_voc, tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, read_json_object
+from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, option_name, read_json_object
 from singleshot.errors import UserError
 
 HELP = "train a detector; writes RUN/last.pt, RUN/best.pt, metrics.csv, curves.png and config.json"
@@ -178,7 +178,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         for key in _FIXED_ON_RESUME:
             if getattr(config, key) != getattr(saved, key):
                 raise UserError(
-                    f"--{key.replace('_', '-')} cannot change when resuming {args.resume} (it was "
+                    f"{option_name(key)} cannot change when resuming {args.resume} (it was "
                     f"{getattr(saved, key)!r}); start a new run with "
                     f"--config {Path(args.resume).parent / 'config.json'}"
                 )

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from singleshot.engine import distributed
-from singleshot.engine.config import TrainConfig, default_lr
+from singleshot.engine.config import TrainConfig, default_lr, option_name
 from singleshot.engine.distributed import World
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
 from singleshot.engine.schedule import WarmupSchedule
@@ -164,7 +164,8 @@ class Trainer:
 
     Args:
         config: the run's configuration (see :class:`TrainConfig`); unresolved values are derived here.
-        resume: a ``last.pt`` to continue from (its configuration should be the base of ``config``).
+        resume: a ``last.pt`` to continue from (its configuration should be the base of ``config``); the
+            model is rebuilt from the checkpoint alone, and a model option that contradicts it is refused.
         world: this process's place among DDP ranks (default: one process on ``config.device``).
         on_step: optional ``callable(trainer)`` called after every optimizer step (e.g. to call :meth:`stop`).
         progress: draw progress bars (rank 0 only in any case).
@@ -237,14 +238,50 @@ class Trainer:
             metric=metric,
         )
 
-    def _build_model(self, num_classes: int, class_names):
+    def _build_model(self, class_names, checkpoint: dict | None):
+        """A new model for the configuration, or the model of the checkpoint being resumed.
+
+        A resumed model is rebuilt from the checkpoint alone, as :func:`load_checkpoint` does: from its
+        resolved builder arguments (not this version's defaults), its default boxes checked against the
+        stored ones, its weights and settings loaded; so a run continues with exactly the model it had.
+        """
         from singleshot.models import build_model
+        from singleshot.models.checkpoint import model_from_checkpoint
 
         config = self.config
+        if checkpoint is not None:
+            if checkpoint["class_names"] != list(class_names):
+                raise UserError(
+                    f"{self.resume} was trained on other classes than the {len(class_names)} of {config.data}; "
+                    "resume with the data the run was started with"
+                )
+            return model_from_checkpoint(checkpoint, f"checkpoint {self.resume}")
         overrides = dict(config.model_options)
         if config.image_size:
             overrides["image_size"] = config.image_size
-        return build_model(config.model, num_classes, class_names=list(class_names), **overrides)
+        return build_model(config.model, len(class_names) + 1, class_names=list(class_names), **overrides)
+
+    def _check_resume(self, checkpoint: dict) -> None:
+        """UserError unless ``checkpoint`` is a run's ``last.pt`` holding the model the configuration asks for."""
+        if "optimizer" not in checkpoint or "config" not in checkpoint:
+            raise UserError(
+                f"{self.resume} holds weights but no training state (best.pt and exported checkpoints do not); "
+                "resume from the run's last.pt"
+            )
+        config, saved = self.config, checkpoint["config"]
+        size = checkpoint["preprocessing"]["image_size"]
+        options = saved.get("model_options", {})
+        contradictions = [
+            ("model", config.model != checkpoint["arch"], checkpoint["arch"]),
+            ("image_size", config.image_size is not None and [config.image_size] * 2 != size, size[0]),
+            ("model_options", config.model_options != options, options),
+        ]
+        for key, differs, value in contradictions:
+            if differs:
+                raise UserError(
+                    f"{option_name(key)} {getattr(config, key)!r} contradicts {self.resume}, which holds "
+                    f"{value!r}; resume without it, or start a new run to change the model"
+                )
 
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -255,26 +292,21 @@ class Trainer:
         device = world.device
         config = self.config
         config.validate()
+        checkpoint = read_checkpoint(self.resume) if self.resume else None
         if not config.model:
-            config = self.config = dataclasses.replace(config, model=DEFAULT_MODEL)
+            model_name = checkpoint["arch"] if checkpoint is not None else DEFAULT_MODEL
+            config = self.config = dataclasses.replace(config, model=model_name)
+        if checkpoint is not None:
+            self._check_resume(checkpoint)
         if config.workers is None:
             config = self.config = dataclasses.replace(config, workers=default_workers())
         out = Path(config.out)
 
-        checkpoint = read_checkpoint(self.resume) if self.resume else None
-        seed_everything(config.seed)  # the model's initial weights
+        seed_everything(config.seed)  # the model's initial weights (a resumed model loads its own)
         train_set, val_set = self._open_data()
         class_names = list(train_set.class_names)
-        model = self._build_model(len(class_names) + 1, class_names)
+        model = self._build_model(class_names, checkpoint)
         config = self.config = self._resolve(model)
-        if checkpoint is not None:
-            try:
-                model.load_state_dict(checkpoint["state_dict"])
-            except RuntimeError:
-                raise UserError(
-                    f"{self.resume} does not fit a {config.model} model for the {len(class_names)} classes "
-                    f"of {config.data}; resume with the data and model the run was started with"
-                ) from None
 
         if config.sync_bn and device.type != "cuda" and world.distributed:
             raise UserError(
