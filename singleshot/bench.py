@@ -252,9 +252,11 @@ def bench_predict(device: torch.device, *, batches=(1, 8), repeats: int = 3, war
 
 def bench_train_step(device: torch.device, *, batch: int = 8, repeats: int = 2, warmup: int = 1) -> Row:
     """One SGD step of SSD300 (forward, loss, backward, step) at 300x300, same starting weights; both sides
-    match the targets inside the step (singleshot's trainer does it in the data-loader workers instead)."""
+    match the targets inside the step (singleshot's trainer does it in the data-loader workers instead).
+    Ours runs as its trainer does: channels-last, and on the CPU with the Winograd convolutions
+    (``model.winograd``)."""
     ours, tv = _same_weights_pair(device)
-    ours.train()
+    ours.train().to(memory_format=torch.channels_last)  # as singleshot's trainer runs it
     tv.train()
     gen = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (batch, 3, 300, 300), generator=gen, dtype=torch.uint8).to(device)
@@ -266,7 +268,7 @@ def bench_train_step(device: torch.device, *, batch: int = 8, repeats: int = 2, 
     opt_tv = torch.optim.SGD(tv.parameters(), lr=1e-6, momentum=0.9)
 
     def run_ours():
-        x = ours.normalize(images)
+        x = ours.normalize(images).contiguous(memory_format=torch.channels_last)
         cls_logits, box_deltas = ours(x)
         loss = loss_fn(cls_logits, box_deltas, targets)["loss"]
         opt_ours.zero_grad(set_to_none=True)

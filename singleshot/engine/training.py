@@ -233,7 +233,7 @@ class Trainer:
             lr=config.lr or default_lr(config.model, global_batch),
             device=str(device),
             amp=cuda if config.amp is None else config.amp and cuda,
-            channels_last=cuda if config.channels_last is None else config.channels_last,
+            channels_last=True if config.channels_last is None else config.channels_last,
             sync_bn=(cuda and self.world.distributed) if config.sync_bn is None else config.sync_bn,
             metric=metric,
         )
