@@ -148,6 +148,7 @@ def test_config_validation_names_the_option():
     with pytest.raises(UserError, match=r"config key 'warmup_factor' 0.0 cannot work"):
         TrainConfig(data="d", out="o", warmup_factor=0.0).validate()
     assert option_name("image_size") == "--image-size" and option_name("gamma") == "config key 'gamma'"
+    assert option_name("val_data") == "--val-data"
 
 
 def test_default_lr_scales_linearly_with_the_global_batch():
@@ -463,3 +464,80 @@ def test_data_with_errors_stops_before_the_first_step(tmp_path, tiny_voc):
 def test_a_diverging_run_stops_with_advice(tmp_path, tiny_voc):
     with pytest.raises(UserError, match=r"training diverged: the loss became nan .* lower the learning rate"):
         _fit(_config(tiny_voc, tmp_path / "r", lr=1e12, warmup_epochs=0, log_every=1))
+
+
+# ------------------------------------------------------------------------------------------ validation data
+
+
+def test_val_data_in_another_format_validates_on_its_val_split(tmp_path, tiny_voc, monkeypatch):
+    """VOC training data, a YOLO folder of the same 3 classes for validation: its val split (4 images) is
+    what validation sees, and config.json records the split chosen."""
+    from singleshot.data import open_dataset, synthesize
+    from singleshot.engine import training
+
+    yolo = tmp_path / "yolo"
+    synthesize(yolo, 8, format="yolo", image_size=64, seed=5, num_classes=3, splits="train=0.5,val=0.5")
+    seen = []
+
+    def spy(model, dataset, **kwargs):
+        seen.append(sorted(dataset.image_info(i).path for i in range(len(dataset))))
+        return predict(model, dataset, **kwargs)
+
+    predict = training.predict_dataset
+    monkeypatch.setattr(training, "predict_dataset", spy)
+    result = _fit(_config(tiny_voc, tmp_path / "r", epochs=1, val_data=str(yolo), val_split=None))
+    expected = open_dataset(yolo, split="val")
+    assert seen == [sorted(expected.image_info(i).path for i in range(len(expected)))] and len(seen[0]) == 4
+    assert result.best_map is not None and (tmp_path / "r" / "best.pt").exists()
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (config["val_data"], config["val_split"], config["format"]) == (str(yolo), "val", "voc")
+
+
+def _edit_categories(path, edit):
+    """Rewrite a COCO JSON: ``edit(category)`` changes a category in place; annotations follow its id."""
+    data = json.loads(path.read_text())
+    new_ids = {}
+    for category in data["categories"]:
+        old = category["id"]
+        edit(category)
+        new_ids[old] = category["id"]
+    for annotation in data["annotations"]:
+        annotation["category_id"] = new_ids[annotation["category_id"]]
+    path.write_text(json.dumps(data))
+
+
+def _swap_circle_and_square(category):
+    category["name"] = {"circle": "square", "square": "circle"}.get(category["name"], category["name"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda c: c.update(id=c["id"] + 10), "it gives 'circle' category id 11, --data gives it 1"),
+        (
+            _swap_circle_and_square,
+            "it lists them in another order (square, circle, triangle instead of circle, square, triangle)",
+        ),
+        (
+            lambda c: c.update(name="star" if c["name"] == "triangle" else c["name"]),
+            "it has class 'star' but not class 'triangle'",
+        ),
+    ],
+    ids=["category-ids", "order", "names"],
+)
+def test_val_data_needs_the_same_names_order_and_coco_ids(tmp_path, edit, what):
+    from singleshot.data import synthesize
+
+    synthesize(tmp_path / "train", 8, format="coco", image_size=64, seed=1, num_classes=3, splits="train=1")
+    synthesize(tmp_path / "val", 4, format="coco", image_size=64, seed=2, num_classes=3, splits="val=1")
+    train_json = tmp_path / "train" / "annotations" / "instances_train.json"
+    val_json = tmp_path / "val" / "annotations" / "instances_val.json"
+    _edit_categories(val_json, edit)
+    message = (
+        f"--val-data {val_json} does not have the classes of --data {train_json}: {what}; validate on data "
+        "with the same classes"
+    )
+    with pytest.raises(UserError) as caught:
+        _fit(_config(train_json, tmp_path / "r", train_split=None, val_split=None, val_data=str(val_json)))
+    assert str(caught.value) == message
+    assert not (tmp_path / "r").exists()

@@ -14,6 +14,7 @@ import pytest
 from singleshot.cli import build_parser, main
 from singleshot.commands.train import build_config
 from singleshot.engine.config import TrainConfig
+from singleshot.engine.training import EPOCH_COLUMNS
 from tests.test_engine import make_tiny_voc
 
 FAST = [
@@ -47,6 +48,7 @@ def test_help_shows_examples_and_the_learning_rate_rule(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "torchrun --nproc_per_node" in text and "--resume runs/a/last.pt" in text
+    assert "--val-data coco/instances_val2017.json" in text
     assert "learning rate: without --lr" in text
 
 
@@ -262,3 +264,111 @@ def test_coco_data_is_validated_with_the_coco_metric(tmp_path, capsys):
         "test",
     )
     assert "validation mAP (coco)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ --val-data
+
+
+@pytest.fixture(scope="module")
+def coco_pair(tmp_path_factory):
+    """Training and validation data as two single COCO JSONs (12 and 5 images, 3 classes), and a
+    validation JSON of 2 classes (5 images)."""
+    from singleshot.data import synthesize
+
+    root = tmp_path_factory.mktemp("coco-pair")
+    synthesize(root / "train", 12, format="coco", image_size=64, seed=1, num_classes=3, splits="train=1")
+    synthesize(root / "val", 5, format="coco", image_size=64, seed=2, num_classes=3, splits="val=1")
+    synthesize(root / "val2", 5, format="coco", image_size=64, seed=3, num_classes=2, splits="val=1")
+    return (
+        root / "train" / "annotations" / "instances_train.json",
+        root / "val" / "annotations" / "instances_val.json",
+        root / "val2" / "annotations" / "instances_val.json",
+    )
+
+
+FAST_COCO = ["--epochs", "1", "--batch-size", "4", "--image-size", "64", "--workers", "0", "--no-progress"]
+
+
+@pytest.fixture
+def validated(monkeypatch):
+    """The image paths of every validation, as :func:`predict_dataset` received them."""
+    from singleshot.engine import training
+
+    seen = []
+
+    def spy(model, dataset, **kwargs):
+        seen.append([dataset.image_info(i).path for i in range(len(dataset))])
+        return predict(model, dataset, **kwargs)
+
+    predict = training.predict_dataset
+    monkeypatch.setattr(training, "predict_dataset", spy)
+    return seen
+
+
+def test_val_data_validates_on_that_data_set_and_resume_keeps_it(coco_pair, tmp_path, validated, capsys):
+    """A single COCO JSON has no split to validate on; --val-data names the validation JSON. The recorded
+    mAP is the one ``singleshot eval`` gives on that JSON, and a resume validates on it again."""
+    train_json, val_json, _ = coco_pair
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(train_json), "--val-data", str(val_json), "--out", str(out), *FAST_COCO]
+    assert main(argv) == 0
+    val_images = sorted(str(p) for p in (val_json.parent.parent / "val").iterdir())
+    assert len(validated) == 1 and sorted(validated[0]) == val_images  # all 5 images of the JSON, only them
+    assert f"validating on 5 images of {val_json}" in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["val_data"], config["val_split"], config["metric"]) == (str(val_json), None, "coco")
+    rows = (out / "metrics.csv").read_text().splitlines()
+    val_map = float(rows[1].split(",")[EPOCH_COLUMNS.index("val_map")])
+
+    argv = ["eval", str(out / "best.pt"), "--data", str(val_json), "--workers", "0", "--no-progress"]
+    assert main([*argv, "--json", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["num_images"] == 5 and evaluated["map"] == pytest.approx(val_map, rel=1e-5)
+
+    assert main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--no-progress"]) == 0
+    assert len(validated) == 2 and sorted(validated[1]) == val_images
+    assert json.loads((out / "config.json").read_text())["val_data"] == str(val_json)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(row.split(",")[EPOCH_COLUMNS.index("val_map")] for row in rows[1:])
+
+
+def test_val_data_with_other_classes_is_one_sentence_naming_both_paths(coco_pair, tmp_path, capsys):
+    train_json, _, two_classes = coco_pair
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(train_json), "--val-data", str(two_classes), "--out", str(out), *FAST_COCO]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"singleshot train: error: --val-data {two_classes} does not have the classes of --data {train_json}: "
+        "it lacks class 'triangle'; validate on data with the same classes"
+    )
+    assert not out.exists()  # refused before writing anything
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no/instances_val.json", "--val-data {} does not exist; give a VOC root"),
+        ("empty", "cannot tell the format of --val-data {}: expected a VOC root"),
+    ],
+)
+def test_val_data_that_cannot_be_read_names_the_option_and_the_path(
+    coco_pair, tmp_path, capsys, name, message
+):
+    train_json, _, _ = coco_pair
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / name
+    argv = ["train", "--data", str(train_json), "--val-data", str(path), "--out", str(tmp_path / "r")]
+    assert main([*argv, *FAST_COCO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("singleshot train: error: " + message.format(path)) and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_other_val_data_drops_the_split_chosen_for_the_previous_one(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"data": "d", "out": "o", "val_split": "none"}))  # a run without validation
+    assert build_config(_args("--config", str(path), "--val-data", "v.json")).val_split is None
+    config = build_config(_args("--config", str(path), "--val-data", "v", "--val-split", "test"))
+    assert (config.val_data, config.val_split) == ("v", "test")
+    assert build_config(_args("--config", str(path), "--epochs", "3")).val_split == "none"  # no --val-data

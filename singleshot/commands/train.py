@@ -14,6 +14,7 @@ EXAMPLES = f"""\
 examples:
   singleshot train --data data/shapes --out runs/a                  # the small CPU model, default recipe
   singleshot train --data VOCdevkit/VOC2007 --model ssd300_vgg16 --epochs 120 --batch-size 32 --out runs/voc
+  singleshot train --data coco/instances_train2017.json --val-data coco/instances_val2017.json --out runs/coco
   singleshot train --config runs/a/config.json --epochs 40 --out runs/b   # a previous run's settings, changed
   singleshot train --resume runs/a/last.pt                          # continue a stopped run (Ctrl-C saves it)
   torchrun --nproc_per_node 4 -m singleshot train --data data/voc --out runs/ddp   # DistributedDataParallel
@@ -45,10 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-split", metavar="NAME", default=S, help="training split (default: trainval, else train)"
     )
     data.add_argument(
+        "--val-data",
+        metavar="PATH",
+        default=S,
+        help="validate on this VOC, COCO or YOLO data set (the classes of --data), not a split of --data",
+    )
+    data.add_argument(
         "--val-split",
         metavar="NAME",
         default=S,
-        help="validation split, or 'none' (default: test, else val; none when there is neither)",
+        help="split of --val-data (else of --data) to validate on, or 'none' (default: test, else val; "
+        "when there is neither: all of --val-data, or no validation)",
     )
     data.add_argument(
         "--skip-invalid",
@@ -137,6 +145,7 @@ _OPTION_KEYS = (
     "format",
     "train_split",
     "val_split",
+    "val_data",
     "skip_invalid",
     "model",
     "image_size",
@@ -171,9 +180,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         saved = config = _resume_config(args.resume)
     from_file = read_json_object(args.config) if args.config else {}
-    config = config.updated(from_file, args.config)
+    config = _updated(config, from_file, args.config)
     given = {key: getattr(args, key) for key in _OPTION_KEYS if hasattr(args, key)}
-    config = config.updated(given, "the command line")
+    config = _updated(config, given, "the command line")
     if saved is not None:
         for key in _FIXED_ON_RESUME:
             if getattr(config, key) != getattr(saved, key):
@@ -185,6 +194,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if "out" not in given and "out" not in from_file:  # the run continues where its last.pt is
             config = config.updated({"out": str(Path(args.resume).parent)})
     return config
+
+
+def _updated(config: TrainConfig, values: dict, source: str) -> TrainConfig:
+    """``config.updated(values)``; values naming other validation data but no split also reset the split
+    (the one in ``config``, or its 'none', was chosen for the previous validation data)."""
+    if values.get("val_data", config.val_data) != config.val_data and "val_split" not in values:
+        values = {**values, "val_split": None}
+    return config.updated(values, source)
 
 
 def _resume_config(path: str) -> TrainConfig:

@@ -33,6 +33,7 @@ class TrainConfig:
     format: str | None = None
     train_split: str | None = None
     val_split: str | None = None
+    val_data: str | None = None  # the data set to validate on; None: a split of ``data``
     model: str | None = None
     image_size: int | None = None
     epochs: int = 50
@@ -125,6 +126,7 @@ CLI_KEYS = {
     "format",
     "train_split",
     "val_split",
+    "val_data",
     "model",
     "image_size",
     "epochs",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -201,24 +202,63 @@ class Trainer:
         # Problems stop the run here, before the first step, with the first few of them and a pointer to
         # check-data (open_dataset's message), unless --skip-invalid leaves the broken images out.
         options = {"format": config.format, "skip_invalid": config.skip_invalid, "check_images": "header"}
-        train_set = open_dataset(config.data, split=config.train_split, **options)
         val_split = config.val_split
-        if val_split is None:  # the data set's test or val split (or val2017 ...); none: no validation
-            splits = [s for s in list_splits(config.data, train_set.format) if s != train_set.split]
-            val_split = next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), "")
-            if not val_split:
-                self._say(f"{config.data} has no test or val split: training without validation (no best.pt)")
+        other_val_data = bool(config.val_data) and val_split != "none"  # not a split of config.data
+        if other_val_data:  # a wrong path fails at once, not after reading the training data
+            _check_readable(config.val_data, "--val-data")
+        train_set = open_dataset(config.data, split=config.train_split, **options)
         val_set = None
-        if val_split and val_split != "none":
-            val_set = open_dataset(config.data, split=val_split, classes=train_set.class_names, **options)
+        if other_val_data:
+            val_set = self._open_val_data(train_set, options)
+            val_split = val_set.split
+        else:
+            if val_split is None:  # the data set's test or val split (or val2017 ...); none: no validation
+                splits = [s for s in list_splits(config.data, train_set.format) if s != train_set.split]
+                val_split = next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), "")
+                if not val_split:
+                    self._say(
+                        f"{config.data} has no test or val split: training without validation (no best.pt)"
+                    )
+            if val_split and val_split != "none":
+                val_set = open_dataset(config.data, split=val_split, classes=train_set.class_names, **options)
+            val_split = val_split or "none"
         self.config = dataclasses.replace(
-            config, format=train_set.format, train_split=train_set.split, val_split=val_split or "none"
+            config, format=train_set.format, train_split=train_set.split, val_split=val_split
         )
         for dataset in (train_set, val_set):
             note = dataset is not None and describe_drops(dataset)
             if note:
                 self._say(note)
         return train_set, val_set
+
+    def _open_val_data(self, train_set, options: dict):
+        """The data set ``val_data`` names (its ``val_split``, else its test or val split, else all of it);
+        its format is detected (``--format`` is ``data``'s), and its classes must be ``train_set``'s."""
+        from singleshot.data import detect_format, list_splits, open_dataset
+        from singleshot.data.dataset import EVAL_SPLITS
+
+        config = self.config
+        path = Path(config.val_data)
+        try:
+            format = detect_format(path)
+        except UserError:
+            raise UserError(
+                f"cannot tell the format of --val-data {path}: expected a VOC root (Annotations/, JPEGImages/), "
+                "a COCO instances JSON or a YOLO folder (images/, labels/, data.yaml)"
+            ) from None
+        split = config.val_split
+        if split is None:
+            splits = list_splits(path, format)
+            split = next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), None)
+            if splits and split is None:
+                raise UserError(
+                    f"--val-data {path} has no test or val split (it has: {', '.join(splits)}); "
+                    "give --val-split with one of them"
+                )
+        val_set = open_dataset(path, split=split, **{**options, "format": format})
+        _check_same_classes(train_set, val_set, config.data, config.val_data)
+        self._say(f"validating on {len(val_set)} images of {path}" + (f" (split {split})" if split else ""))
+        return val_set
 
     def _resolve(self, model) -> TrainConfig:
         """The configuration with every derived value filled in (what ``config.json`` records)."""
@@ -646,6 +686,59 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
 
+def _check_readable(path: str, option: str) -> None:
+    """UserError naming ``option`` unless ``path`` (a data set's folder or annotation file) can be read."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{option} {p} does not exist; give a VOC root, COCO instances JSON or YOLO folder")
+    if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+        raise UserError(f"{option} {p} cannot be read (permission denied); make it readable or give another")
+
+
+def _check_same_classes(train_set, val_set, data: str, val_data: str) -> None:
+    """UserError unless ``val_set`` has ``train_set``'s classes: the same names in the same order and, when
+    both are COCO data, the same category ids."""
+    train, val = list(train_set.class_names), list(val_set.class_names)
+    extra = [n for n in val if n not in train]
+    missing = [n for n in train if n not in val]
+    if extra and missing:
+        what = f"it has {_listed(extra)} but not {_listed(missing)}"
+    elif extra:
+        what = f"it also has {_listed(extra)}"
+    elif missing:
+        what = f"it lacks {_listed(missing)}"
+    elif val != train:
+        what = f"it lists them in another order ({', '.join(val)} instead of {', '.join(train)})"
+    elif (
+        train_set.format == val_set.format == "coco"
+        and train_set.coco_category_ids != val_set.coco_category_ids
+    ):
+        name, val_id, train_id = next(
+            (n, v, t)
+            for n, v, t in zip(train, val_set.coco_category_ids, train_set.coco_category_ids)
+            if v != t
+        )
+        what = f"it gives {name!r} category id {val_id}, --data gives it {train_id}"
+    else:
+        return
+    hint = (
+        " (a VOC root without classes.txt takes its classes from its annotations)"
+        if val_set.format == "voc"
+        else ""
+    )
+    raise UserError(
+        f"--val-data {val_data} does not have the classes of --data {data}: {what}; validate on data with "
+        f"the same classes{hint}"
+    )
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    """``class 'a'`` or ``classes 'a', 'b'`` (the first ``shown`` names, then how many more)."""
+    text = ", ".join(repr(n) for n in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"class{'es' if len(names) > 1 else ''} {text}{more}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
@@ -661,8 +754,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def default_workers() -> int:
     """Data-loader workers when not given: one per spare core, at most 4 (0 on a single core)."""
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(4, cores - 1))
 
