@@ -148,6 +148,23 @@ def _ignore_sigint(_worker_id: int) -> None:
 
 
 @dataclass
+class _Step:
+    """What one training step needs, built once per run by :meth:`Trainer.fit` for :meth:`Trainer._run_epoch`.
+
+    ``model`` is what the step calls (DistributedDataParallel around ``core`` when distributed), ``core`` the
+    SSD itself (normalisation, checkpoints)."""
+
+    model: torch.nn.Module
+    core: torch.nn.Module
+    loader: DataLoader
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupSchedule
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+
+
+@dataclass
 class TrainResult:
     """What a call of :meth:`Trainer.fit` did."""
 
@@ -449,6 +466,7 @@ class Trainer:
                 config=config.to_dict(),
             )
 
+        run = _Step(model, core, loader, loss_fn, optimizer, schedule, scaler, steps_per_epoch)
         last_map = None
         interrupted = False
         with _stop_on_signals(self):
@@ -464,19 +482,7 @@ class Trainer:
                     sampler.set_epoch(epoch, skip)
                     model.train()
                     steps_done, seconds, stopped = self._run_epoch(
-                        model,
-                        core,
-                        loader,
-                        loss_fn,
-                        optimizer,
-                        schedule,
-                        scaler,
-                        sums,
-                        history,
-                        epoch=epoch,
-                        skip=skip,
-                        seconds=seconds,
-                        steps_per_epoch=steps_per_epoch,
+                        run, sums, history, epoch=epoch, skip=skip, seconds=seconds
                     )
                 if stopped:
                     interrupted = True
@@ -550,25 +556,14 @@ class Trainer:
         epochs_done = len(history["epochs"])
         return TrainResult(out, epochs_done, best_map, last_map, interrupted, core, config)
 
-    def _run_epoch(
-        self,
-        model,
-        core,
-        loader,
-        loss_fn,
-        optimizer,
-        schedule,
-        scaler,
-        sums,
-        history,
-        *,
-        epoch: int,
-        skip: int,
-        seconds: float,
-        steps_per_epoch: int,
-    ):
-        """Train one epoch (from batch ``skip``); returns ``(steps done, seconds spent, stopped early)``."""
+    def _run_epoch(self, run: _Step, sums: torch.Tensor, history: dict, *, epoch: int, skip: int, seconds: float):
+        """Train one epoch (from batch ``skip``), adding the loss terms to ``sums`` and the logged steps to
+        ``history``; returns ``(steps done, seconds spent, stopped early)``."""
         config, world, device = self.config, self.world, self.world.device
+        model, core, loss_fn, optimizer, schedule, scaler = (
+            run.model, run.core, run.loss_fn, run.optimizer, run.schedule, run.scaler
+        )
+        steps_per_epoch = run.steps_per_epoch
         bar = tqdm(
             total=steps_per_epoch,
             initial=skip,
@@ -584,7 +579,7 @@ class Trainer:
         began = time.perf_counter()
         step, stopped = skip, False
         try:
-            for images, labels, offsets in loader:
+            for images, labels, offsets in run.loader:
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 offsets = offsets.to(device, non_blocking=True)
