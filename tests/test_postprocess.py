@@ -15,8 +15,15 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 
 import singleshot.postprocess as postprocess_module
-from singleshot.boxes import xyxy_to_cxcywh
-from singleshot.postprocess import _candidates, _nms_batched, nms_sorted_groups, postprocess
+from singleshot.boxes import decode, encode, xyxy_to_cxcywh
+from singleshot.postprocess import (
+    _candidates,
+    _foreground_max,
+    _merge_sizes,
+    _nms_batched,
+    nms_sorted_groups,
+    postprocess,
+)
 from singleshot.priors import TORCHVISION_SSD300, default_boxes
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -240,3 +247,97 @@ def test_candidates_equal_thresholding_the_full_softmax(threshold, rng):
     assert torch.equal(scores, probs[want_row, want_label + 1])
     if 0 < threshold < 1:
         assert 0 < len(row) < probs[:, 1:].numel()
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 6, 9, 17, 21, 81, 92])
+def test_foreground_max_equals_amax(num_classes, rng, monkeypatch):
+    logits = torch.randn(300, num_classes, generator=rng) * 5
+    logits[3, 1] = math.nan
+    logits[4, -1] = math.inf
+    logits[5, 1:] = -math.inf
+    logits[6, 0] = 1e30  # the background column never counts
+    expected = logits[:, 1:].amax(1)
+    for chunk in (2**19, 50, 1):  # one pass; slices of a few rows; one row at a time
+        monkeypatch.setattr(postprocess_module, "_MAX_CHUNK", chunk)
+        torch.testing.assert_close(_foreground_max(logits), expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_merge_sizes_hand_case(monkeypatch):
+    monkeypatch.setattr(postprocess_module, "_NMS_BUCKET_COST", 2**16)
+    # 100 groups of 16, one of 32, one of 128 (costs in overlaps, 65 536 a bucket): alone 3 * 65 536 +
+    # 100 * 256 + 1024 + 16 384 = 239 616; 16 with 32: 250 880; 32 with 128: 189 440; all three: 1.7 million.
+    assert _merge_sizes([16, 32, 128], [100, 1, 1]) == [(16, 16), (32, 128)]
+    assert _merge_sizes([16, 32], [1, 1]) == [(16, 32)]  # padding 16 boxes to 32 is cheaper than a bucket
+    assert _merge_sizes([400], [3]) == [(400, 400)]
+
+
+@pytest.mark.parametrize("bucket_cost", [0, 2**40])  # every size its own bucket; one bucket for all
+def test_nms_sorted_groups_any_buckets_equal_torchvision_nms(bucket_cost, rng, monkeypatch):
+    monkeypatch.setattr(postprocess_module, "_NMS_BUCKET_COST", bucket_cost)
+    boxes, scores, counts = _random_groups(rng, 30, 70)
+    expected = torch.zeros(len(boxes), dtype=torch.bool)
+    start = 0
+    for c in counts.tolist():
+        expected[start + nms(boxes[start:start + c], scores[start:start + c], 0.45)] = True
+        start += c
+    assert torch.equal(nms_sorted_groups(boxes, scores, counts, 0.45), expected)
+
+
+def _reference_postprocess(cls_logits, box_deltas, priors, image_sizes, *, score_threshold, nms_threshold,
+                           candidates_per_class, max_detections):
+    """The documented rule, one image and one class at a time: scores above the threshold, the best
+    candidates_per_class by (descending score, prior), torchvision's nms in that order, then the best
+    max_detections by (descending score, label, prior)."""
+    results = []
+    for logits, deltas, (h, w) in zip(cls_logits, box_deltas, image_sizes):
+        probs = logits.softmax(-1)
+        scale = torch.tensor([w, h, w, h], dtype=deltas.dtype)
+        boxes = torch.minimum((decode(deltas, priors.to(deltas.dtype)) * scale).clamp(min=0), scale)
+        found = []  # (score, label, prior)
+        for label in range(1, logits.shape[1]):
+            prior = (probs[:, label] > score_threshold).nonzero().squeeze(1)
+            prior = prior[torch.argsort(probs[prior, label], descending=True, stable=True)][:candidates_per_class]
+            order = -torch.arange(len(prior), dtype=boxes.dtype)  # nms in exactly this order
+            found += [(probs[i, label].item(), label, i)
+                      for i in prior[nms(boxes[prior], order, nms_threshold)].tolist()]
+        found = sorted(found, key=lambda f: (-f[0], f[1], f[2]))[:max_detections]
+        prior = torch.tensor([f[2] for f in found], dtype=torch.int64)
+        results.append({"boxes": boxes[prior].reshape(-1, 4), "labels": torch.tensor([f[1] for f in found]),
+                        "scores": probs[prior, [f[1] for f in found]]})
+    return results
+
+
+@pytest.mark.parametrize("first_round", [3, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rounds_equal_reference_ties_and_heavy_suppression_included(first_round, dtype, rng, monkeypatch):
+    # Clusters of confident, overlapping priors (most of them suppressed) and rounded logits (many equal
+    # scores, also where a round cuts): NMS must often run more than once, and the result must not change.
+    monkeypatch.setattr(postprocess_module, "_FIRST_ROUND", first_round)
+    rounds = []
+    monkeypatch.setattr(postprocess_module, "nms_sorted_groups",
+                        lambda *args: rounds.append(1) or nms_sorted_groups(*args))
+    priors = default_boxes([6, 3, 1], [[2], [2, 3], [2]])
+    batch, num_classes = 4, 5
+    logits = (torch.randn(batch, len(priors), num_classes, generator=rng) * 1.5).round()
+    logits[..., 0] += 2.0
+    deltas = (torch.randn(batch, len(priors), 4, generator=rng) * 0.2).round(decimals=1)
+    for b in range(batch):  # one class confident on 20 + 20 b priors that all predict about the same box
+        cluster = slice(0, 20 + 20 * b)
+        logits[b, cluster, 1 + b % (num_classes - 1)] += 6.0
+        target = torch.tensor([[0.1, 0.1, 0.4, 0.5]]) + 0.1 * b
+        deltas[b, cluster] = encode(target, priors[cluster]) + torch.randn(20 + 20 * b, 4, generator=rng) * 0.01
+    logits, deltas = logits.to(dtype), deltas.to(dtype)
+    sizes = [(300, 300), (120, 200), (64, 48), (300, 500)]
+    calls_before = 0
+    for settings in (dict(max_detections=4, candidates_per_class=50), dict(max_detections=10),
+                     dict(max_detections=3, candidates_per_class=5, nms_threshold=0.3, score_threshold=0.05)):
+        settings = dict(dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=400), **settings)
+        ours = postprocess(logits, deltas, priors, sizes, **settings)
+        reference = _reference_postprocess(logits, deltas, priors, sizes, **settings)
+        for mine, expected in zip(ours, reference):
+            assert len(mine["scores"]) == len(expected["scores"]) > 0
+            assert torch.equal(mine["labels"], expected["labels"])
+            assert torch.equal(mine["scores"], expected["scores"])
+            assert torch.equal(mine["boxes"], expected["boxes"])
+        assert len(rounds) - calls_before > 1  # the images did not all finish in one round
+        calls_before = len(rounds)
