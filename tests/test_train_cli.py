@@ -372,3 +372,33 @@ def test_other_val_data_drops_the_split_chosen_for_the_previous_one(tmp_path):
     config = build_config(_args("--config", str(path), "--val-data", "v", "--val-split", "test"))
     assert (config.val_data, config.val_split) == ("v", "test")
     assert build_config(_args("--config", str(path), "--epochs", "3")).val_split == "none"  # no --val-data
+
+
+_MAPPED_BYTES = """
+import ctypes, sys
+from singleshot.cli import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory() is True
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+block = libc.malloc(64 << 20)
+print(libc.mallinfo2().hblkhd)  # bytes in blocks mapped on their own, handed back when freed
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or __import__("platform").libc_ver() < ("glibc", "2.33"),
+    reason="glibc >= 2.33 (mallinfo2) only",
+)
+def test_the_command_keeps_freed_memory_for_reuse():
+    def mapped(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _MAPPED_BYTES, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    assert mapped("default") >= 64 << 20  # glibc maps a 64 MB block by itself (and unmaps it when freed)
+    assert mapped("keep") < 64 << 20  # singleshot's setting: from the heap, kept for the next one
