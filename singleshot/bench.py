@@ -351,9 +351,14 @@ def machine_description(device: torch.device) -> str:
     return text
 
 
-def format_table(rows: list[Row], device: torch.device) -> str:
+def format_table(rows: list[Row], device: torch.device, *, kept_freed_memory: bool = False) -> str:
+    memory = (
+        "malloc keeping freed memory (singleshot's command-line setting, for both sides)"
+        if kept_freed_memory
+        else "default malloc (as a script calling either library)"
+    )
     lines = [
-        f"Device: {device.type} - {machine_description(device)}",
+        f"Device: {device.type} - {machine_description(device)}; {memory}",
         "",
         "| benchmark | singleshot | reference | speed-up | goal |",
         "| --- | ---: | ---: | ---: | ---: |",

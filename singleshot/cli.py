@@ -105,8 +105,8 @@ def keep_freed_memory() -> bool:
     PyTorch's CPU tensors come from malloc; by default a block above 128 KB - 32 MB is mapped afresh and
     unmapped when freed, so every large temporary of every step is paid again in page faults (measured on
     this project's VM: ~3 us per 4 KB page, 0.6 s of a 6.8 s SSD300 training step at batch 8). The
-    ``singleshot`` command calls this for its own process (and the data-loader workers it forks); the library
-    itself never changes the process. Returns whether the settings were taken (False off glibc)."""
+    ``singleshot`` command calls this for its own process (and the data-loader workers it forks), except
+    ``singleshot bench`` without ``--keep-freed-memory``; the library itself never changes the process. Returns whether the settings were taken (False off glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
-    keep_freed_memory()
+    if getattr(args, "keep_freed_memory", True):  # bench times a default process unless asked
+        keep_freed_memory()
     try:
         return int(args._run(args) or 0)
     except UserError as exc:

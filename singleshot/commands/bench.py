@@ -15,6 +15,7 @@ examples:
   singleshot bench --rows loss,post         # only the loss and post-processing rows
   singleshot bench --device cuda --no-write # GPU rows, printed only
   singleshot bench --threads 1              # one CPU thread: steadier when other work shares the machine
+  singleshot bench --keep-freed-memory --no-write  # both sides with the commands' malloc setting
 """
 
 ROWS = ("loss", "post", "predict", "train", "data", "coco")
@@ -26,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: per row, 2 to 11)")
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file to update (default: docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table without writing the markdown file")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="time both sides with the malloc setting the other singleshot commands use "
+                        "(freed memory kept for reuse); default: a default process, as a script calling "
+                        "either library")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's, one per core); 1 is steadier on a busy machine")
 
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     for name in rows:
         print(f"measuring {name} ...", flush=True)
         results.extend(steps[name]())
-    table = bench.format_table(results, device)
+    table = bench.format_table(results, device, kept_freed_memory=args.keep_freed_memory)
     print()
     print(table)
     if not args.no_write:
