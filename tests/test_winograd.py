@@ -195,3 +195,13 @@ def test_ssd_trains_and_predicts_the_same_with_and_without_winograd():
         (cls_logits.square().mean() + box_deltas.square().mean()).backward()
         grads.append(model.backbone.conv4[10].weight.grad.clone())  # conv3_1, 128 -> 256 at 75x75
     assert (grads[0] - grads[1]).abs().max() <= 1e-3 * grads[1].abs().max()
+
+
+def test_backward_twice_with_retain_graph():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 8, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(3, 2, 3, 3, generator=gen, requires_grad=True)
+    y = winograd_conv2d(x, weight).square().sum()
+    (first,) = torch.autograd.grad(y, weight, retain_graph=True)
+    (second,) = torch.autograd.grad(y, weight)
+    assert torch.equal(first, second)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 # Lavin and Gray's F(4x4, 3x3) with the interpolation points 0, 1, -1, 2, -2 and infinity.
 _BT = torch.tensor(
@@ -227,9 +228,10 @@ class _Winograd3x3(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         (transformed,) = ctx.saved_tensors
-        tiles, ctx.tiles = ctx.tiles, None
+        tiles = ctx.tiles  # freed with the graph (kept for a second backward pass with retain_graph)
         n, h, w, c_out = grad_out.shape
         c = transformed.shape[1]
         rows, cols = -(-h // _BLOCK), -(-w // _BLOCK)
