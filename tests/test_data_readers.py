@@ -281,3 +281,12 @@ def test_detect_format_and_bad_paths(tmp_path):
         open_dataset(tmp_path / "empty", format="pascal")
     with pytest.raises(UserError, match="not a Pascal VOC folder"):
         open_dataset(tmp_path / "empty", format="voc")
+
+
+def test_coco_folder_without_annotation_files_is_one_clear_sentence(tmp_path):
+    from singleshot.data import open_dataset
+    from singleshot.errors import UserError
+
+    (tmp_path / "annotations").mkdir()
+    with pytest.raises(UserError, match=r"holds no COCO annotation file: expected annotations/instances_<split>\.json"):
+        open_dataset(tmp_path, format="coco")

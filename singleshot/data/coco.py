@@ -70,6 +70,11 @@ def find_annotation_file(path: Path, split: str | None) -> Path:
     if path.is_file():
         return path
     files = _annotation_files(path)
+    if not files:
+        raise UserError(
+            f"{path} holds no COCO annotation file: expected annotations/instances_<split>.json "
+            "(or give the JSON file itself)"
+        )
     if split is None:
         if len(files) == 1:
             return next(iter(files.values()))
