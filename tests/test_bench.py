@@ -86,6 +86,9 @@ def test_table_and_markdown_block(tmp_path):
     assert "| fast | 1.0 ms | 4.0 ms (torchvision) | 4.00x | >= 3x met |" in table
     assert "| slow (n) | 2.00 s | 2.20 s (torchvision) | 1.10x | >= 1.5x **not met** |" in table
     assert "| alone | 500.0 ms | - (x) | - | >= 1x |" in table
+    assert table.splitlines()[0].endswith("; default malloc (as a script calling either library)")
+    kept = bench.format_table(rows, CPU, kept_freed_memory=True).splitlines()[0]
+    assert "malloc keeping freed memory" in kept
     path = tmp_path / "bench.md"
     bench.write_markdown("first", str(path))
     path.write_text("# Title\n\nnotes above\n\n" + path.read_text().split("\n\n", 2)[2] + "\nnotes below\n")
