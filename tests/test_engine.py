@@ -541,3 +541,16 @@ def test_val_data_needs_the_same_names_order_and_coco_ids(tmp_path, edit, what):
         _fit(_config(train_json, tmp_path / "r", train_split=None, val_split=None, val_data=str(val_json)))
     assert str(caught.value) == message
     assert not (tmp_path / "r").exists()
+
+
+def test_config_winograd_reaches_the_model(tmp_path, tiny_voc):
+    from singleshot.engine import Trainer
+    from singleshot.models.winograd import Conv2d
+
+    # ssd_small at width 16 has 3x3 convolutions of 8 x 16 = 128 channels: Winograd-capable layers.
+    for enabled in (True, False):
+        config = _config(tiny_voc, tmp_path / f"r{enabled}", epochs=1, winograd=enabled, model_options={"width": 16})
+        result = Trainer(config, on_step=lambda t: t.stop(), progress=False).fit()
+        convs = [m for m in result.model.modules() if type(m) is Conv2d]
+        assert convs and all(m.winograd is enabled for m in convs)
+        assert result.model.winograd is enabled

@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | None = None
     channels_last: bool | None = None
+    winograd: bool = True
     sync_bn: bool | None = None
     seed: int = 0
     val_every: int = 1

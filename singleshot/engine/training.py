@@ -373,6 +373,7 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
         encoder = model.loss_fn()  # stays on the CPU, in the workers
+        model.winograd = config.winograd  # CPU float32 only: Winograd's 3x3 convolutions (more memory, faster)
         model.to(device)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
