@@ -363,3 +363,19 @@ def test_models_command_lists_the_zoo(capsys):
     for name in list_models():
         assert name in out
     assert "8732" in out and "24564" in out and "3234" in out
+
+
+def test_infer_equals_forward_and_evaluation_uses_it(monkeypatch):
+    from singleshot.engine import evaluation
+
+    torch.manual_seed(0)
+    model = build_model("ssd_small", 3).eval()
+    x = torch.randn(2, 3, 192, 192)
+    with torch.no_grad():
+        for fast, eager in zip(model.infer(x), model(x)):
+            torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-4)
+    calls = []
+    monkeypatch.setattr(type(model), "infer", lambda self, x: calls.append(x.shape) or self.forward(x))
+    images = torch.randint(0, 256, (2, 3, 192, 192), dtype=torch.uint8)
+    evaluation.detect_batch(model, images, [(192, 192)] * 2)
+    assert calls == [torch.Size([2, 3, 192, 192])]
