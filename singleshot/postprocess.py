@@ -75,6 +75,7 @@ def postprocess(
         "labels": Tensor[K] int64 in 1..C-1}`` sorted by descending score (equal scores: lower label first);
         K may be 0.
     """
+    cls_logits, box_deltas = cls_logits.detach(), box_deltas.detach()  # not differentiable (out= buffers)
     batch, p, num_classes = cls_logits.shape
     device = cls_logits.device
     sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=device).reshape(batch, 2)

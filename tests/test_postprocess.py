@@ -341,3 +341,15 @@ def test_rounds_equal_reference_ties_and_heavy_suppression_included(first_round,
             assert torch.equal(mine["boxes"], expected["boxes"])
         assert len(rounds) - calls_before > 1  # the images did not all finish in one round
         calls_before = len(rounds)
+
+
+def test_outputs_that_require_grad_are_accepted():
+    gen = torch.Generator().manual_seed(7)
+    priors = default_boxes(**TORCHVISION_SSD300)[:500]
+    logits = torch.randn(2, 500, 4, generator=gen)
+    deltas = torch.randn(2, 500, 4, generator=gen)
+    expected = postprocess(logits, deltas, priors, [(300, 300)] * 2)
+    got = postprocess(logits.requires_grad_(), deltas.requires_grad_(), priors, [(300, 300)] * 2)
+    for a, b in zip(got, expected):
+        assert not a["scores"].requires_grad
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
