@@ -554,3 +554,19 @@ def test_config_winograd_reaches_the_model(tmp_path, tiny_voc):
         convs = [m for m in result.model.modules() if type(m) is Conv2d]
         assert convs and all(m.winograd is enabled for m in convs)
         assert result.model.winograd is enabled
+
+
+def test_the_loader_workers_end_with_the_run_even_when_it_fails(tmp_path, tiny_voc):
+    import multiprocessing
+
+    from singleshot.engine import Trainer
+
+    def fail(trainer):
+        raise RuntimeError("a failing step")
+
+    before = set(multiprocessing.active_children())
+    config = _config(tiny_voc, tmp_path / "r", epochs=1, workers=1)
+    with pytest.raises(RuntimeError, match="a failing step") as caught:
+        Trainer(config, on_step=fail, progress=False).fit()
+    # The traceback still holds the training frame (and its loader), yet the worker has ended.
+    assert caught.traceback and set(multiprocessing.active_children()) == before

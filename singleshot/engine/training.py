@@ -470,7 +470,7 @@ class Trainer:
         run = _Step(model, core, loader, loss_fn, optimizer, schedule, scaler, steps_per_epoch)
         last_map = None
         interrupted = False
-        with _stop_on_signals(self):
+        with _stop_on_signals(self), _workers_stopped_after(loader):
             for epoch in range(start_epoch, config.epochs):
                 skip = start_step if epoch == start_epoch else 0
                 sums = torch.zeros(3, device=device)  # loss, loc, conf of this epoch, summed over steps
@@ -752,6 +752,19 @@ def default_workers() -> int:
     """Data-loader workers when not given: one per spare core, at most 4 (0 on a single core)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(4, cores - 1))
+
+
+@contextlib.contextmanager
+def _workers_stopped_after(loader: DataLoader):
+    """Stop ``loader``'s persistent worker processes on leaving, error or not, rather than whenever the
+    loader is garbage-collected (a traceback that holds the training frame would keep them alive)."""
+    try:
+        yield
+    finally:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
 
 
 @contextlib.contextmanager
