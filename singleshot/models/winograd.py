@@ -14,9 +14,10 @@ The channel sum is, for each of the 36 tile positions, a matrix product (tiles x
 here as matrix products with the Kronecker products B^T (x) B^T (36 x 36) and A^T (x) A^T (16 x 36).
 
 The result equals the convolution up to float32 rounding: the transforms' coefficients (up to 8) make the
-error a few times larger than a direct convolution's (~1e-5 relative instead of ~3e-6); it is used for
-inference only, where the direct kernels are the bottleneck: VGG16's 3x3 layers with >= 256 channels at
-38x38 and 75x75 run 1.5-3x faster than oneDNN's direct convolution on an AVX-512 CPU.
+error a few times larger than a direct convolution's (~1e-5 relative instead of ~3e-6). It serves the CPU
+in float32, for prediction (:class:`WinogradConv2d`) and training (:class:`Conv2d`, whose backward pass
+stays in the Winograd domain), where :func:`winograd_pays`: VGG16's 3x3 layers with >= 128 channels at
+38x38 and 75x75 run 1.5-2x faster than oneDNN's direct convolution on an AVX-512 CPU.
 """
 
 from __future__ import annotations
@@ -75,8 +76,14 @@ def winograd_weight(weight: Tensor) -> Tensor:
     """
     if weight.dim() != 4 or weight.shape[-2:] != (3, 3):
         raise ValueError(f"winograd_weight expects Tensor[C_out, C_in, 3, 3], got shape {tuple(weight.shape)}")
-    u = torch.einsum("ik,jl,ockl->ijco", _G, _G, weight.detach().double())  # (6, 6, C_in, C_out)
-    return u.reshape(_TILE * _TILE, weight.shape[1], weight.shape[0]).float().contiguous()
+    return _transformed(weight.detach().double(), _G).float().contiguous()
+
+
+def _transformed(weight: Tensor, g: Tensor) -> Tensor:
+    """G g G^T of every filter of ``weight`` Tensor[C_out, C_in, 3, 3] with ``g`` = G in its dtype:
+    Tensor[36, C_in, C_out] (differentiable)."""
+    u = torch.einsum("ik,jl,ockl->ijco", g, g, weight)  # (6, 6, C_in, C_out)
+    return u.reshape(_TILE * _TILE, weight.shape[1], weight.shape[0])
 
 
 _CHUNK_BYTES = 8 * 2**20  # transformed tiles per chunk of images: about the size of a core's share of cache
@@ -113,12 +120,35 @@ def _output_blocks(m: Tensor, k: int, rows: int, cols: int) -> Tensor:
     return y.permute(2, 3, 0, 4, 1, 5).reshape(k, rows * _BLOCK, cols * _BLOCK, c_out)
 
 
+def _blocks(h: int, w: int) -> tuple[int, int]:
+    """The number R, C of 4x4 output blocks down and across an H x W map."""
+    return -(-h // _BLOCK), -(-w // _BLOCK)
+
+
 def _pad_to_tiles(x: Tensor) -> tuple[Tensor, int, int]:
     """``x`` Tensor[N, H, W, C] with one pixel of zeros above and left and enough below and right to complete
     4x4 output blocks, and the number R, C of block rows and columns."""
     _, h, w, _ = x.shape
-    rows, cols = -(-h // _BLOCK), -(-w // _BLOCK)
+    rows, cols = _blocks(h, w)
     return F.pad(x, (0, 0, 1, _BLOCK * cols + 1 - w, 1, _BLOCK * rows + 1 - h)), rows, cols
+
+
+def _forward(x: Tensor, transformed: Tensor, bias: Tensor | None, tiles: list[Tensor] | None = None) -> Tensor:
+    """The convolution of :func:`conv3x3_winograd` (no ReLU), chunk by chunk of images; the transformed input
+    tiles of each chunk are appended to ``tiles`` when given (for a backward pass)."""
+    n, h, w, c = x.shape
+    padded, rows, cols = _pad_to_tiles(x)
+    out = x.new_empty(n, h, w, transformed.shape[2])
+    for start, stop in _chunks(n, rows * cols, max(c, transformed.shape[2])):
+        v = _input_tiles(padded, start, stop, rows, cols)
+        if tiles is not None:
+            tiles.append(v)
+        y = _output_blocks(torch.bmm(v, transformed), stop - start, rows, cols)
+        if bias is None:
+            out[start:stop] = y[:, :h, :w]
+        else:
+            torch.add(y[:, :h, :w], bias, out=out[start:stop])
+    return out
 
 
 def conv3x3_winograd(x: Tensor, transformed: Tensor, bias: Tensor | None = None, *, relu: bool = False) -> Tensor:
@@ -133,15 +163,7 @@ def conv3x3_winograd(x: Tensor, transformed: Tensor, bias: Tensor | None = None,
     Returns:
         Tensor[N, H, W, C_out] contiguous.
     """
-    n, h, w, c = x.shape
-    padded, rows, cols = _pad_to_tiles(x)
-    out = x.new_empty(n, h, w, transformed.shape[2])
-    for start, stop in _chunks(n, rows * cols, max(c, transformed.shape[2])):
-        y = _output_blocks(torch.bmm(_input_tiles(padded, start, stop, rows, cols), transformed), stop - start, rows, cols)
-        if bias is None:
-            out[start:stop] = y[:, :h, :w]
-        else:
-            torch.add(y[:, :h, :w], bias, out=out[start:stop])
+    out = _forward(x, transformed, bias)
     return out.relu_() if relu else out
 
 
@@ -215,17 +237,9 @@ class _Winograd3x3(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, transformed: Tensor, bias: Tensor) -> Tensor:
-        n, h, w, c = x.shape
-        padded, rows, cols = _pad_to_tiles(x)
-        out = x.new_empty(n, h, w, transformed.shape[2])
         ctx.tiles = []
-        for start, stop in _chunks(n, rows * cols, max(c, transformed.shape[2])):
-            v = _input_tiles(padded, start, stop, rows, cols)
-            ctx.tiles.append(v)
-            y = _output_blocks(torch.bmm(v, transformed), stop - start, rows, cols)
-            torch.add(y[:, :h, :w], bias, out=out[start:stop])
         ctx.save_for_backward(transformed)
-        return out
+        return _forward(x, transformed, bias, ctx.tiles)
 
     @staticmethod
     @once_differentiable
@@ -234,7 +248,7 @@ class _Winograd3x3(torch.autograd.Function):
         tiles = ctx.tiles  # freed with the graph (kept for a second backward pass with retain_graph)
         n, h, w, c_out = grad_out.shape
         c = transformed.shape[1]
-        rows, cols = -(-h // _BLOCK), -(-w // _BLOCK)
+        rows, cols = _blocks(h, w)
         grad_transformed = torch.zeros_like(transformed) if ctx.needs_input_grad[1] else None
         grad_x = grad_out.new_empty(n, h, w, c) if ctx.needs_input_grad[0] else None
         for (start, stop), v in zip(_chunks(n, rows * cols, max(c, c_out)), tiles):
@@ -277,11 +291,10 @@ def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     Returns:
         Tensor[N, C_out, H, W] in the channels-last memory format.
     """
-    transformed = torch.einsum("ik,jl,ockl->ijco", _G32, _G32, weight).reshape(_TILE * _TILE, *weight.shape[1::-1])
     if bias is None:
         bias = weight.new_zeros(weight.shape[0])
     nhwc = x.permute(0, 2, 3, 1).contiguous()
-    return _Winograd3x3.apply(nhwc, transformed.contiguous(), bias).permute(0, 3, 1, 2)
+    return _Winograd3x3.apply(nhwc, _transformed(weight, _G32).contiguous(), bias).permute(0, 3, 1, 2)
 
 
 class Conv2d(nn.Conv2d):
