@@ -61,7 +61,7 @@ def detect_batch(model, images: Tensor, image_sizes, *, amp: bool = False, chann
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
-        cls_logits, box_deltas = model(x) if amp else model.infer(x)  # infer: the CPU's fast network
+        cls_logits, box_deltas = model.infer(x)  # on the CPU in float32 the fast network, else model(x)
     size = tuple(images.shape[-2:])
     priors = model.priors if size == tuple(model.image_size) else model.priors_for(size)
     return postprocess(

@@ -483,26 +483,31 @@ def _fuse_convolutions(module: nn.Module, *, winograd: bool = True) -> None:
             else:
                 norm = None
             act = module._modules[names[j]] if j < len(names) else None
-            if winograd and winograd_suits(conv) and type(act) is not nn.ReLU6:
-                relu = type(act) is nn.ReLU
-                fused = WinogradConv2d(*_folded(conv, norm), relu=relu)
-            else:
-                fused = _FusedConv2d(conv, norm)
-                relu = type(act) in (nn.ReLU, nn.ReLU6)
-                if relu:
-                    relu6 = type(act) is nn.ReLU6
-                    fused.activation, fused.scalars = ("hardtanh", [0.0, 6.0]) if relu6 else ("relu", [])
-            if relu:
+            fused, absorbed = _fused(conv, norm, act, winograd=winograd)
+            if absorbed:
                 module._modules[names[j]] = nn.Identity()
                 j += 1
             module._modules[names[i]] = fused
             i = j
     for name, child in module.named_children():
         if _fusable(child):
-            replacement = WinogradConv2d(*_folded(child, None)) if winograd and winograd_suits(child) else None
-            setattr(module, name, replacement or _FusedConv2d(child))
+            setattr(module, name, _fused(child, None, None, winograd=winograd)[0])
         elif not isinstance(child, (_FusedConv2d, WinogradConv2d)):
             _fuse_convolutions(child, winograd=winograd)
+
+
+def _fused(conv: nn.Conv2d, norm: nn.BatchNorm2d | None, act: nn.Module | None, *, winograd: bool):
+    """The inference module for ``conv`` followed by ``norm`` and the activation ``act`` (either may be None):
+    a :class:`WinogradConv2d` where ``winograd`` and it suits the layer, else a :class:`_FusedConv2d`. Returns
+    it and whether it applies ``act`` itself (a ReLU, or a ReLU6 for the oneDNN one)."""
+    if winograd and winograd_suits(conv) and type(act) is not nn.ReLU6:
+        relu = type(act) is nn.ReLU
+        return WinogradConv2d(*_folded(conv, norm), relu=relu), relu
+    fused = _FusedConv2d(conv, norm)
+    if type(act) not in (nn.ReLU, nn.ReLU6):
+        return fused, False
+    fused.activation, fused.scalars = ("hardtanh", [0.0, 6.0]) if type(act) is nn.ReLU6 else ("relu", [])
+    return fused, True
 
 
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (parameter versions, network)
