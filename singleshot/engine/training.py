@@ -213,7 +213,6 @@ class Trainer:
     # -- setting up --------------------------------------------------------------------------------
     def _open_data(self):
         from singleshot.data import describe_drops, list_splits, open_dataset
-        from singleshot.data.dataset import EVAL_SPLITS
 
         config = self.config
         # Problems stop the run here, before the first step, with the first few of them and a pointer to
@@ -231,7 +230,7 @@ class Trainer:
         else:
             if val_split is None:  # the data set's test or val split (or val2017 ...); none: no validation
                 splits = [s for s in list_splits(config.data, train_set.format) if s != train_set.split]
-                val_split = next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), "")
+                val_split = _evaluation_split(splits) or ""
                 if not val_split:
                     self._say(
                         f"{config.data} has no test or val split: training without validation (no best.pt)"
@@ -252,7 +251,6 @@ class Trainer:
         """The data set ``val_data`` names (its ``val_split``, else its test or val split, else all of it);
         its format is detected (``--format`` is ``data``'s), and its classes must be ``train_set``'s."""
         from singleshot.data import detect_format, list_splits, open_dataset
-        from singleshot.data.dataset import EVAL_SPLITS
 
         config = self.config
         path = Path(config.val_data)
@@ -266,7 +264,7 @@ class Trainer:
         split = config.val_split
         if split is None:
             splits = list_splits(path, format)
-            split = next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), None)
+            split = _evaluation_split(splits)
             if splits and split is None:
                 raise UserError(
                     f"--val-data {path} has no test or val split (it has: {', '.join(splits)}); "
@@ -680,6 +678,13 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.world.is_main:
             tqdm.write(text, file=sys.stderr)
+
+
+def _evaluation_split(splits: list[str]) -> str | None:
+    """The split to validate on: the first of ``splits`` starting with test, then val ... (val2017 counts)."""
+    from singleshot.data.dataset import EVAL_SPLITS
+
+    return next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), None)
 
 
 def _check_readable(path: str, option: str) -> None:
