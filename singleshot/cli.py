@@ -106,7 +106,8 @@ def keep_freed_memory() -> bool:
     unmapped when freed, so every large temporary of every step is paid again in page faults (measured on
     this project's VM: ~3 us per 4 KB page, 0.6 s of a 6.8 s SSD300 training step at batch 8). The
     ``singleshot`` command calls this for its own process (and the data-loader workers it forks), except
-    ``singleshot bench`` without ``--keep-freed-memory``; the library itself never changes the process. Returns whether the settings were taken (False off glibc)."""
+    ``singleshot bench`` without ``--keep-freed-memory``; the library itself never changes the process.
+    Returns whether the settings were taken (False off glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
