@@ -61,7 +61,9 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int, device: to
     return statistics.median(times)
 
 
-def time_pair(ours: Callable, theirs: Callable, *, repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
+def time_pair(
+    ours: Callable, theirs: Callable, *, repeats: int, warmup: int, device: torch.device
+) -> tuple[float, float]:
     """Median times of two callables, measured interleaved so that machine noise hits both alike."""
     for _ in range(warmup):
         ours()
@@ -77,7 +79,9 @@ def time_pair(ours: Callable, theirs: Callable, *, repeats: int, warmup: int, de
     return statistics.median(t_ours), statistics.median(t_theirs)
 
 
-def random_targets(batch: int, max_objects: int, *, generator: torch.Generator, device: torch.device) -> list[dict]:
+def random_targets(
+    batch: int, max_objects: int, *, generator: torch.Generator, device: torch.device
+) -> list[dict]:
     """Random xyxy boxes relative to the image (1..max_objects per image) with labels in 1..20."""
     targets = []
     for _ in range(batch):
@@ -234,8 +238,10 @@ def bench_predict(device: torch.device, *, batches=(1, 8), repeats: int = 3, war
     gen = torch.Generator().manual_seed(2)
     rows = []
     for batch in batches:
-        images = [torch.randint(0, 256, (3, 375, 500), generator=gen, dtype=torch.uint8).to(device)
-                  for _ in range(batch)]
+        images = [
+            torch.randint(0, 256, (3, 375, 500), generator=gen, dtype=torch.uint8).to(device)
+            for _ in range(batch)
+        ]
         floats = [im.float() / 255 for im in images]
 
         def run_ours(images=images):
@@ -317,8 +323,14 @@ def bench_data(
             root = Path(tmp) / fmt
             synthesize(root, num_images, format=fmt, image_size=(375, 500), seed=0, splits=[("train", 1.0)])
             dataset = open_dataset(root, split="train", format=fmt, transform=TrainTransform(300))
-            loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                                collate_fn=collate, persistent_workers=workers > 0)
+            loader = DataLoader(
+                dataset,
+                batch_size=batch,
+                shuffle=True,
+                num_workers=workers,
+                collate_fn=collate,
+                persistent_workers=workers > 0,
+            )
 
             def epoch(loader=loader) -> None:
                 for _ in loader:
@@ -326,8 +338,16 @@ def bench_data(
 
             seconds = time_call(epoch, repeats=repeats, warmup=1, device=torch.device("cpu")) / len(dataset)
             name = f"data loading, {fmt}, TrainTransform(300), {workers} workers (per image)"
-            rows.append(Row(name, seconds, train_seconds_per_image, goal=1.0, note=f"{1 / seconds:.0f} images/s",
-                            reference="SSD300 train step, ours"))
+            rows.append(
+                Row(
+                    name,
+                    seconds,
+                    train_seconds_per_image,
+                    goal=1.0,
+                    note=f"{1 / seconds:.0f} images/s",
+                    reference="SSD300 train step, ours",
+                )
+            )
             del loader
     return rows
 
@@ -343,7 +363,9 @@ def machine_description(device: torch.device) -> str:
     except OSError:
         pass
     threads = torch.get_num_threads()
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})"
+    text = (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})"
+    )
     if hasattr(os, "getloadavg"):  # other work on the machine slows both sides, unevenly: say how busy it was
         text += f", load average {os.getloadavg()[0]:.1f} at the end"
     if device.type == "cuda":
@@ -364,11 +386,17 @@ def format_table(rows: list[Row], device: torch.device, *, kept_freed_memory: bo
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+
         def fmt(t):
             return "-" if t is None else (f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s")
 
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        goal = "-" if r.goal is None else f">= {r.goal:g}x" + ("" if r.ratio is None else (" met" if r.ratio >= r.goal else " **not met**"))
+        goal = (
+            "-"
+            if r.goal is None
+            else f">= {r.goal:g}x"
+            + ("" if r.ratio is None else (" met" if r.ratio >= r.goal else " **not met**"))
+        )
         name = r.name + (f" ({r.note})" if r.note else "")
         lines.append(f"| {name} | {fmt(r.ours)} | {fmt(r.theirs)} ({r.reference}) | {ratio} | {goal} |")
     return "\n".join(lines)
@@ -411,9 +439,14 @@ def synthetic_detections(num_images: int, *, num_classes: int = 20, generator: t
         jitter = torch.randn(k, 4, generator=generator) * 0.08 * (gt[pick, 2:] - gt[pick, :2]).repeat(1, 2)
         boxes = gt[pick] + jitter
         boxes = torch.cat([boxes[:, :2], torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)], dim=1)
-        det_labels = torch.where(torch.rand(k, generator=generator) < 0.8, labels[pick],
-                                 torch.randint(1, num_classes + 1, (k,), generator=generator))
-        predictions.append({"boxes": boxes, "scores": torch.rand(k, generator=generator), "labels": det_labels})
+        det_labels = torch.where(
+            torch.rand(k, generator=generator) < 0.8,
+            labels[pick],
+            torch.randint(1, num_classes + 1, (k,), generator=generator),
+        )
+        predictions.append(
+            {"boxes": boxes, "scores": torch.rand(k, generator=generator), "labels": det_labels}
+        )
         targets.append({"boxes": gt, "labels": labels, "iscrowd": crowd})
     return predictions, targets
 
@@ -434,4 +467,6 @@ def bench_coco(*, num_images: int = 5000, repeats: int = 2, warmup: int = 0) -> 
     t_ours, t_theirs = time_pair(ours, theirs, repeats=repeats, warmup=warmup, device=torch.device("cpu"))
     same = results["ours"]["stats"] == results["theirs"]["stats"]
     note = "12 stats identical" if same else "STATS DIFFER"
-    return Row(f"COCO mAP, {num_images} images", t_ours, t_theirs, goal=1.0, note=note, reference="pycocotools")
+    return Row(
+        f"COCO mAP, {num_images} images", t_ours, t_theirs, goal=1.0, note=note, reference="pycocotools"
+    )

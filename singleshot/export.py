@@ -62,8 +62,9 @@ def require_onnx() -> None:
     """Raise :class:`UserError` unless the packages ONNX export needs (onnx, onnxscript) are installed."""
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        raise UserError(f"ONNX export needs {' and '.join(missing)}, which is not installed; "
-                        f"run: {INSTALL_HINT}")
+        raise UserError(
+            f"ONNX export needs {' and '.join(missing)}, which is not installed; run: {INSTALL_HINT}"
+        )
 
 
 @torch.library.custom_op("singleshot::multiclass_nms", mutates_args=())
@@ -83,8 +84,12 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_th
     image_idx, class_idx, box_idx = (scores > score_threshold).nonzero(as_tuple=True)
     # float64: batched_nms may shift each group by group * (largest coordinate + 1), which would eat
     # float32's precision with many (image, class) groups.
-    kept = batched_nms(boxes[image_idx, box_idx].double(), scores[image_idx, class_idx, box_idx].double(),
-                       image_idx * num_classes + class_idx, iou_threshold)
+    kept = batched_nms(
+        boxes[image_idx, box_idx].double(),
+        scores[image_idx, class_idx, box_idx].double(),
+        image_idx * num_classes + class_idx,
+        iou_threshold,
+    )
     return torch.stack([image_idx[kept], class_idx[kept], box_idx[kept]], dim=1)
 
 
@@ -132,14 +137,19 @@ class DetectionGraph(nn.Module):
         self.score_threshold = float(model.score_threshold if score_threshold is None else score_threshold)
         self.nms_threshold = float(model.nms_threshold if nms_threshold is None else nms_threshold)
         self.candidates_per_class = int(
-            model.candidates_per_class if candidates_per_class is None else candidates_per_class)
+            model.candidates_per_class if candidates_per_class is None else candidates_per_class
+        )
         self.max_detections = int(model.max_detections if max_detections is None else max_detections)
         self.variances = tuple(float(v) for v in model.variances)
 
     def settings(self) -> dict:
         """The post-processing settings baked into the graph."""
-        return {"score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold,
-                "candidates_per_class": self.candidates_per_class, "max_detections": self.max_detections}
+        return {
+            "score_threshold": self.score_threshold,
+            "nms_threshold": self.nms_threshold,
+            "candidates_per_class": self.candidates_per_class,
+            "max_detections": self.max_detections,
+        }
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         cls_logits, box_deltas = self.model(self.model.normalize(images))  # (B, P, C), (B, P, 4)
@@ -156,7 +166,9 @@ class DetectionGraph(nn.Module):
         # Only each class's best k take part: every other score becomes 0, which never passes
         # the strict "> score_threshold" test (thresholds are >= 0).
         scores = torch.zeros_like(scores).scatter(-1, top_idx, top_scores)
-        selected = torch.ops.singleshot.multiclass_nms(boxes, scores, self.nms_threshold, self.score_threshold)
+        selected = torch.ops.singleshot.multiclass_nms(
+            boxes, scores, self.nms_threshold, self.score_threshold
+        )
         image_idx, class_idx, box_idx = selected.unbind(1)  # (N,) each
         det_scores = scores[image_idx, class_idx, box_idx]
         det_boxes = boxes[image_idx, box_idx]
@@ -165,7 +177,11 @@ class DetectionGraph(nn.Module):
         # float64 keeps every float32 score distinct next to the image term.
         order = (image_idx.double() * 2.0 - det_scores.double()).argsort()
         image_idx, class_idx, det_scores, det_boxes = (
-            image_idx[order], class_idx[order], det_scores[order], det_boxes[order])
+            image_idx[order],
+            class_idx[order],
+            det_scores[order],
+            det_boxes[order],
+        )
         # Rank inside the image = position - position of the image's first detection.
         counts = (image_idx[:, None] == torch.arange(batch, device=boxes.device)[None, :]).sum(0)  # (B,)
         starts = counts.cumsum(0) - counts
@@ -181,18 +197,22 @@ def metadata(model: nn.Module, graph: DetectionGraph) -> dict[str, str]:
         "singleshot_version": __version__,
         "class_names": json.dumps(list(model.class_names)),
         "input": f"images: uint8 [batch, 3, {height}, {width}] RGB, resized to {height}x{width}; "
-                 "normalised inside the graph",
+        "normalised inside the graph",
         "image_size": json.dumps([height, width]),
         "mean": json.dumps([float(m) for m in model.mean]),
         "std": json.dumps([float(s) for s in model.std]),
     }
     if graph.postprocess:
-        props["outputs"] = ("boxes float32 [K, 4] xyxy relative to the image in [0, 1]; scores float32 [K]; "
-                            "labels int64 [K] in 1..C-1 (label i is class_names[i - 1]); batch_index int64 [K]")
+        props["outputs"] = (
+            "boxes float32 [K, 4] xyxy relative to the image in [0, 1]; scores float32 [K]; "
+            "labels int64 [K] in 1..C-1 (label i is class_names[i - 1]); batch_index int64 [K]"
+        )
         props["postprocess"] = json.dumps(graph.settings())
     else:
-        props["outputs"] = ("boxes float32 [batch, P, 4] decoded xyxy relative in [0, 1]; "
-                            "scores float32 [batch, P, C] softmax, column 0 the background")
+        props["outputs"] = (
+            "boxes float32 [batch, P, 4] decoded xyxy relative in [0, 1]; "
+            "scores float32 [batch, P, C] softmax, column 0 the background"
+        )
     return props
 
 
@@ -228,10 +248,17 @@ def export_onnx(
     import onnx
 
     if opset < MIN_OPSET:
-        raise UserError(f"--opset {opset} is too old: singleshot exports opset {MIN_OPSET} or newer (default 18).")
-    graph = DetectionGraph(model, postprocess=postprocess, score_threshold=score_threshold,
-                           nms_threshold=nms_threshold, candidates_per_class=candidates_per_class,
-                           max_detections=max_detections)
+        raise UserError(
+            f"--opset {opset} is too old: singleshot exports opset {MIN_OPSET} or newer (default 18)."
+        )
+    graph = DetectionGraph(
+        model,
+        postprocess=postprocess,
+        score_threshold=score_threshold,
+        nms_threshold=nms_threshold,
+        candidates_per_class=candidates_per_class,
+        max_detections=max_detections,
+    )
     _check_settings(graph)
     path = Path(path)
     _prepare_output(path)
@@ -295,8 +322,9 @@ def _prepare_output(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the directory of {path} ({exc.strerror or exc}); "
-                        "choose another --out.") from None
+        raise UserError(
+            f"cannot create the directory of {path} ({exc.strerror or exc}); choose another --out."
+        ) from None
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"cannot write into {path.parent}; choose another --out.")
 

@@ -120,8 +120,10 @@ def _loss_sums_sparse(
     conf_sum = F.cross_entropy(chosen.float(), labels.reshape(-1)[rows], reduction="sum")
     pos = positive.view(-1).nonzero().squeeze(1)
     loc_sum = F.smooth_l1_loss(
-        box_deltas.reshape(-1, 4).index_select(0, pos).float(), offsets.reshape(-1, 4)[pos].float(),
-        reduction="sum", beta=1.0,
+        box_deltas.reshape(-1, 4).index_select(0, pos).float(),
+        offsets.reshape(-1, 4)[pos].float(),
+        reduction="sum",
+        beta=1.0,
     )
     return loc_sum, conf_sum
 
@@ -200,7 +202,9 @@ class MultiBoxLoss(nn.Module):
         targets_of = _targets_sparse if priors.device.type == "cpu" else _targets_dense
         return targets_of(matched, gt_boxes, gt_labels, priors, self.variances)
 
-    def forward(self, cls_logits: Tensor, box_deltas: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def forward(
+        self, cls_logits: Tensor, box_deltas: Tensor, targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
         if cls_logits.shape[:2] != box_deltas.shape[:2] or cls_logits.shape[1] != len(self.priors):
             raise ValueError(
                 f"cls_logits {tuple(cls_logits.shape)} and box_deltas {tuple(box_deltas.shape)} must both have "
@@ -212,11 +216,18 @@ class MultiBoxLoss(nn.Module):
             labels, offsets = self.match(targets)
         return self.from_matched(cls_logits, box_deltas, labels, offsets)
 
-    def from_matched(self, cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, offsets: Tensor) -> dict[str, Tensor]:
+    def from_matched(
+        self, cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, offsets: Tensor
+    ) -> dict[str, Tensor]:
         """The loss from targets that :meth:`match` already computed (e.g. in data-loader workers)."""
         num_pos = (labels > 0).sum()
         sums = _loss_sums_sparse if cls_logits.device.type == "cpu" else _loss_sums_dense
         loc_sum, conf_sum = sums(cls_logits, box_deltas, labels, offsets, self.neg_pos_ratio)
         n = num_pos.clamp(min=1).to(conf_sum.dtype)
         loc_term, conf_term = loc_sum / n, conf_sum / n
-        return {"loss": conf_term + self.alpha * loc_term, "loc": loc_term, "conf": conf_term, "num_pos": num_pos}
+        return {
+            "loss": conf_term + self.alpha * loc_term,
+            "loc": loc_term,
+            "conf": conf_term,
+            "num_pos": num_pos,
+        }

@@ -14,7 +14,9 @@ from torch import Tensor
 from singleshot.boxes import box_iou, cxcywh_to_xyxy
 
 
-def pad_targets(targets: list[dict[str, Tensor]], device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def pad_targets(
+    targets: list[dict[str, Tensor]], device: torch.device | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Stack a list of per-image targets into padded tensors.
 
     Args:

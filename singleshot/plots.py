@@ -65,7 +65,14 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
         fig = Figure(figsize=(7.5, 6), dpi=100, layout="constrained")
         ax = fig.add_subplot()
         for name, (recall, precision) in curves.items():
-            _draw(ax, recall, precision, metric != "coco", linewidth=1.5, label=f"{name} ({_ap_label(result, name)})")
+            _draw(
+                ax,
+                recall,
+                precision,
+                metric != "coco",
+                linewidth=1.5,
+                label=f"{name} ({_ap_label(result, name)})",
+            )
         if n:
             ax.legend(loc="lower left", fontsize="small")
         else:
@@ -90,7 +97,9 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
     except OSError as e:
-        raise UserError(f"cannot write the plot {str(path)!r} ({e.strerror or e}); choose a writable path.") from e
+        raise UserError(
+            f"cannot write the plot {str(path)!r} ({e.strerror or e}); choose a writable path."
+        ) from e
     return path
 
 

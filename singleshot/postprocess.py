@@ -87,7 +87,9 @@ def postprocess(
     image = torch.div(row, p, rounding_mode="floor")
     group = image * num_classes + label
     per_image = torch.bincount(image, minlength=batch)  # (B,)
-    by_image = pad_sequence(scores.split(per_image.tolist()), batch_first=True, padding_value=-math.inf)  # (B, W)
+    by_image = pad_sequence(
+        scores.split(per_image.tolist()), batch_first=True, padding_value=-math.inf
+    )  # (B, W)
     width = by_image.shape[1]
     deltas = box_deltas.reshape(batch * p, 4)
     priors = priors.to(box_deltas.dtype)
@@ -109,7 +111,9 @@ def postprocess(
         counts = torch.bincount(picked_groups, minlength=batch * num_classes)  # (B * C,)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(len(picked), device=device) - starts.index_select(0, picked_groups)
-        capped = (rank < candidates_per_class).nonzero().squeeze(1)  # the best candidates_per_class of a group
+        capped = (
+            (rank < candidates_per_class).nonzero().squeeze(1)
+        )  # the best candidates_per_class of a group
         picked, picked_groups = picked.index_select(0, capped), picked_groups.index_select(0, capped)
         counts = counts.clamp(max=candidates_per_class)
 
@@ -129,7 +133,9 @@ def postprocess(
         kept, keep = kept.index_select(0, order), keep.index_select(0, order)
         kept_images = image.index_select(0, kept)
         num_kept = torch.bincount(kept_images, minlength=batch)  # (B,)
-        done = todo & ((num_kept >= max_detections) | (per_image <= take))  # enough kept, or all candidates in
+        done = todo & (
+            (num_kept >= max_detections) | (per_image <= take)
+        )  # enough kept, or all candidates in
         starts = torch.cumsum(num_kept, 0) - num_kept
         rank = torch.arange(len(kept), device=device) - starts.index_select(0, kept_images)
         final = ((rank < max_detections) & done.index_select(0, kept_images)).nonzero().squeeze(1)
@@ -145,8 +151,9 @@ def postprocess(
         kept, boxes = kept[order], boxes[order]
     counts = torch.bincount(image[kept], minlength=batch).tolist()
     results = []
-    for out_boxes, out_scores, out_labels in zip(boxes.split(counts), scores[kept].split(counts),
-                                                 label[kept].split(counts)):
+    for out_boxes, out_scores, out_labels in zip(
+        boxes.split(counts), scores[kept].split(counts), label[kept].split(counts)
+    ):
         if len(out_scores):
             results.append({"boxes": out_boxes, "scores": out_scores, "labels": out_labels})
         else:
@@ -200,7 +207,7 @@ def _foreground_max(flat: Tensor) -> Tensor:
         while span < width:
             w = torch.maximum(w[:-span], w[span:])
             span *= 2
-        out = w[offsets[0]::c].clone()  # (rows of the part,)
+        out = w[offsets[0] :: c].clone()  # (rows of the part,)
         for offset in offsets[1:]:
             torch.maximum(out, w[offset::c], out=out)
         parts.append(out)
@@ -283,8 +290,12 @@ def nms_sorted_groups(boxes: Tensor, scores: Tensor, counts: Tensor, iou_thresho
         in_bucket = ((padded >= smallest) & (padded <= k)).nonzero().squeeze(1)
         for groups in in_bucket.split(max(1, _NMS_CHUNK // (k * k))):
             valid = slot < counts.index_select(0, groups)[:, None]  # (G, K)
-            index = torch.where(valid, starts.index_select(0, groups)[:, None] + slot, n)  # (G, K) into columns
-            x1, y1, x2, y2, area = columns.index_select(1, index.view(-1)).view(5, *index.shape, 1)  # (G, K, 1)
+            index = torch.where(
+                valid, starts.index_select(0, groups)[:, None] + slot, n
+            )  # (G, K) into columns
+            x1, y1, x2, y2, area = columns.index_select(1, index.view(-1)).view(
+                5, *index.shape, 1
+            )  # (G, K, 1)
             x1_, y1_, x2_, y2_, area_ = (c.transpose(1, 2) for c in (x1, y1, x2, y2, area))  # (G, 1, K)
             # IoU as box_iou (and torchvision) computes it, in two (G, K, K) buffers.
             inter = torch.minimum(x2, x2_)

@@ -109,13 +109,17 @@ def default_boxes(
     """
     m = len(feature_sizes)
     if len(aspect_ratios) != m:
-        raise ValueError(f"{m} feature sizes but {len(aspect_ratios)} aspect-ratio lists; give one list per layer")
+        raise ValueError(
+            f"{m} feature sizes but {len(aspect_ratios)} aspect-ratio lists; give one list per layer"
+        )
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
     if scales is None:
         scales = ssd_scales(m, s_min, s_max)
     if len(scales) != m + 1:
-        raise ValueError(f"scales needs {m + 1} values for {m} layers (the last feeds the extra box), got {len(scales)}")
+        raise ValueError(
+            f"scales needs {m + 1} values for {m} layers (the last feeds the extra box), got {len(scales)}"
+        )
     if steps is not None:
         if image_size is None:
             raise ValueError("steps need image_size to turn pixel strides into relative centres")
@@ -137,7 +141,9 @@ def default_boxes(
         # A single float64 rounding followed by the cast gives the correctly rounded float32 centre
         # (double rounding is harmless for one division), i.e. exactly torchvision's float32 centres.
         cy, cx = torch.meshgrid(cy, cx, indexing="ij")  # (fh, fw), row-major
-        wh = torch.tensor(_cell_shapes(scales[k], scales[k + 1], aspect_ratios[k]), dtype=torch.float64)  # (n, 2)
+        wh = torch.tensor(
+            _cell_shapes(scales[k], scales[k + 1], aspect_ratios[k]), dtype=torch.float64
+        )  # (n, 2)
         n = wh.shape[0]
         centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, n, 2)  # (fh*fw, n, 2)
         sizes = wh.unsqueeze(0).expand(fh * fw, n, 2)

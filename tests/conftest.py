@@ -31,7 +31,9 @@ def _separated_boxes(rng: torch.Generator, num_images: int, max_boxes: int) -> l
         grid = int(torch.randint(1, MAX_GRID + 1, (), generator=rng))
         n = int(torch.randint(1 if i == 0 else 0, min(max_boxes, grid * grid) + 1, (), generator=rng))
         cells = torch.randperm(grid * grid, generator=rng)[:n]
-        origin = torch.stack([cells % grid, cells // grid], dim=1).double() / grid  # (n, 2) cell corner (x, y)
+        origin = (
+            torch.stack([cells % grid, cells // grid], dim=1).double() / grid
+        )  # (n, 2) cell corner (x, y)
         # Inside the cell [0, 1/grid]^2: a corner in its first 60 %, a size of 20 % .. 100 % of what is left.
         lo = torch.rand(n, 2, generator=rng, dtype=torch.float64) * 0.6 / grid
         size = (0.2 + 0.8 * torch.rand(n, 2, generator=rng, dtype=torch.float64)) * (1.0 / grid - lo)

@@ -61,8 +61,9 @@ def test_coco_row_reports_identical_stats():
 
 
 def test_data_rows_per_format():
-    rows = bench.bench_data(train_seconds_per_image=1.0, num_images=6, batch=3, workers=0, repeats=1,
-                            formats=("voc", "yolo"))
+    rows = bench.bench_data(
+        train_seconds_per_image=1.0, num_images=6, batch=3, workers=0, repeats=1, formats=("voc", "yolo")
+    )
     assert [r.name.split(",")[1].strip() for r in rows] == ["voc", "yolo"]
     for row in rows:
         _check(row, 1.0)
@@ -80,8 +81,11 @@ def test_predict_and_train_rows():
 
 
 def test_table_and_markdown_block(tmp_path):
-    rows = [bench.Row("fast", 0.001, 0.004, goal=3.0), bench.Row("slow", 2.0, 2.2, goal=1.5, note="n"),
-            bench.Row("alone", 0.5, None, goal=1.0, reference="x")]
+    rows = [
+        bench.Row("fast", 0.001, 0.004, goal=3.0),
+        bench.Row("slow", 2.0, 2.2, goal=1.5, note="n"),
+        bench.Row("alone", 0.5, None, goal=1.0, reference="x"),
+    ]
     table = bench.format_table(rows, CPU)
     assert "| fast | 1.0 ms | 4.0 ms (torchvision) | 4.00x | >= 3x met |" in table
     assert "| slow (n) | 2.00 s | 2.20 s (torchvision) | 1.10x | >= 1.5x **not met** |" in table
@@ -101,8 +105,12 @@ def test_table_and_markdown_block(tmp_path):
 def _args(**kw):
     parser = argparse.ArgumentParser()
     bench_command.add_arguments(parser)
-    return parser.parse_args([f"--{k.replace('_', '-')}={v}" if v is not True else f"--{k.replace('_', '-')}"
-                              for k, v in kw.items()])
+    return parser.parse_args(
+        [
+            f"--{k.replace('_', '-')}={v}" if v is not True else f"--{k.replace('_', '-')}"
+            for k, v in kw.items()
+        ]
+    )
 
 
 def test_cli_prints_without_writing(tmp_path, capsys):
@@ -111,12 +119,15 @@ def test_cli_prints_without_writing(tmp_path, capsys):
     assert "post-processing" in capsys.readouterr().out and not out.exists()
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    (dict(rows="loss,speed"), "unknown row 'speed'"),
-    (dict(device="tpu:x"), "--device"),
-    (dict(threads=0), "--threads 0"),
-    (dict(repeats=0), "--repeats 0"),
-])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(rows="loss,speed"), "unknown row 'speed'"),
+        (dict(device="tpu:x"), "--device"),
+        (dict(threads=0), "--threads 0"),
+        (dict(repeats=0), "--repeats 0"),
+    ],
+)
 def test_cli_user_errors(kw, message):
     with pytest.raises(UserError, match=message):
         bench_command.run(_args(no_write=True, **kw))

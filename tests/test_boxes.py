@@ -66,9 +66,16 @@ def test_area_and_iou_by_hand():
 
 def test_iou_of_degenerate_boxes_is_zero_never_nan():
     good = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
-    bad = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.2, 0.2, 0.2, 0.9], [0.9, 0.9, 0.1, 0.1], [0.8, 0.1, 0.2, 0.9]])
+    bad = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.5], [0.2, 0.2, 0.2, 0.9], [0.9, 0.9, 0.1, 0.1], [0.8, 0.1, 0.2, 0.9]]
+    )
     assert box_area(bad).tolist() == [0.0, 0.0, 0.0, 0.0]  # inverted boxes have no area
-    for iou in (box_iou(good, bad), box_iou(bad, good).T, box_iou(bad, bad), box_iou(good[None], bad[None])[0]):
+    for iou in (
+        box_iou(good, bad),
+        box_iou(bad, good).T,
+        box_iou(bad, bad),
+        box_iou(good[None], bad[None])[0],
+    ):
         assert torch.isfinite(iou).all() and (iou == 0).all()
 
 
@@ -80,8 +87,9 @@ def test_iou_symmetric_and_in_unit_interval(boxes1, boxes2):
     assert torch.equal(iou, box_iou(boxes2, boxes1).T)
     assert ((iou >= 0) & (iou <= 1)).all()
     positive = box_area(boxes1) > 1e-6
-    torch.testing.assert_close(box_iou(boxes1, boxes1).diagonal()[positive],
-                               torch.ones(int(positive.sum()), dtype=torch.float64))
+    torch.testing.assert_close(
+        box_iou(boxes1, boxes1).diagonal()[positive], torch.ones(int(positive.sum()), dtype=torch.float64)
+    )
 
 
 @FAST
@@ -142,7 +150,9 @@ def test_encode_matches_seed_formula_and_decode_inverts_it(pairs):
         seed.append([(gcx - dcx) / dw, (gcy - dcy) / dh, math.log(gw / dw), math.log(gh / dh)])
     seed = torch.tensor(seed, dtype=torch.float64)
     torch.testing.assert_close(encode(boxes, priors, (1.0, 1.0)), seed)
-    torch.testing.assert_close(encode(boxes, priors), seed / torch.tensor([0.1, 0.1, 0.2, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(
+        encode(boxes, priors), seed / torch.tensor([0.1, 0.1, 0.2, 0.2], dtype=torch.float64)
+    )
     for variances in [(0.1, 0.2), (1.0, 1.0), (0.5, 0.3)]:
         round_trip = decode(encode(boxes, priors, variances), priors, variances)
         torch.testing.assert_close(round_trip, boxes, rtol=0, atol=1e-12)

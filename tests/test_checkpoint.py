@@ -29,7 +29,9 @@ def _trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def test_round_trip_rebuilds_model_settings_and_extra_state(tmp_path):
-    model = _trained_looking(build_model("ssd_small", 4, image_size=(96, 128), class_names=["a", "b", "c"], width=8))
+    model = _trained_looking(
+        build_model("ssd_small", 4, image_size=(96, 128), class_names=["a", "b", "c"], width=8)
+    )
     model.score_threshold, model.nms_threshold = 0.25, 0.6
     model.candidates_per_class, model.max_detections = 50, 20
     model.mean, model.std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.4)
@@ -43,8 +45,12 @@ def test_round_trip_rebuilds_model_settings_and_extra_state(tmp_path):
     assert loaded.arch == "ssd_small" and loaded.arch_args == model.arch_args
     assert loaded.image_size == (96, 128) and loaded.backbone.out_channels == [32, 64, 64, 64]
     assert loaded.class_names == ["a", "b", "c"] and not loaded.training
-    assert (loaded.score_threshold, loaded.nms_threshold, loaded.candidates_per_class, loaded.max_detections) == (
-        0.25, 0.6, 50, 20)
+    assert (
+        loaded.score_threshold,
+        loaded.nms_threshold,
+        loaded.candidates_per_class,
+        loaded.max_detections,
+    ) == (0.25, 0.6, 50, 20)
     assert loaded.mean == (0.4, 0.5, 0.6) and loaded.std == (0.2, 0.3, 0.4) and loaded.antialias is False
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -64,9 +70,13 @@ def test_round_trip_rebuilds_model_settings_and_extra_state(tmp_path):
 
 
 def test_converted_torchvision_architecture_round_trips(tmp_path):
-    model = build_model("ssdlite320_mobilenet_v3_large", 3, image_size=(160, 192), scales=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    model = build_model(
+        "ssdlite320_mobilenet_v3_large", 3, image_size=(160, 192), scales=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    )
     loaded = load_checkpoint(save_checkpoint(tmp_path / "lite.pt", model))
-    assert loaded.arch_args["reduced_tail"] is True and loaded.scales == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert loaded.arch_args["reduced_tail"] is True and loaded.scales == pytest.approx(
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    )
     assert torch.equal(loaded.priors, model.priors)
 
 
@@ -156,9 +166,14 @@ def test_round_trip_keeps_the_resolved_arguments_and_the_priors(tmp_path):
     path = save_checkpoint(tmp_path / "a.pt", model)
     raw = read_checkpoint(path)
     assert raw["version"] == 2
-    assert raw["arch_args"] == {"image_size": [96, 128], "width": 4, "scales": [0.15, 0.3, 0.5, 0.75, 0.95],
-                                "aspect_ratios": [[2.0], [2.0, 3.0], [2.0, 3.0], [2.0]], "steps": None,
-                                "clip": "cxcywh"}
+    assert raw["arch_args"] == {
+        "image_size": [96, 128],
+        "width": 4,
+        "scales": [0.15, 0.3, 0.5, 0.75, 0.95],
+        "aspect_ratios": [[2.0], [2.0, 3.0], [2.0, 3.0], [2.0]],
+        "steps": None,
+        "clip": "cxcywh",
+    }
     assert torch.equal(raw["priors"], model.priors) and raw["priors"].dtype == torch.float32
     assert torch.equal(load_checkpoint(path).priors, model.priors)
 
@@ -178,7 +193,10 @@ def test_changed_builder_defaults_do_not_change_a_saved_model(tmp_path, monkeypa
     assert len(build_model("ssd_small", 3).priors) != len(model.priors)  # the defaults did change
 
     loaded = load_checkpoint(path)
-    assert torch.equal(loaded.priors, model.priors) and loaded.backbone.out_channels == model.backbone.out_channels
+    assert (
+        torch.equal(loaded.priors, model.priors)
+        and loaded.backbone.out_channels == model.backbone.out_channels
+    )
     x = torch.rand(1, 3, 192, 192)
     with torch.no_grad():
         for a, b in zip(model.eval()(x), loaded(x)):
@@ -213,7 +231,9 @@ def test_other_default_boxes_than_the_stored_ones_give_one_sentence(tmp_path, mo
 
 
 def test_version_1_checkpoints_still_load(tmp_path):
-    model = _trained_looking(build_model("ssd_small", 3, image_size=(96, 128), width=4, class_names=["a", "b"]))
+    model = _trained_looking(
+        build_model("ssd_small", 3, image_size=(96, 128), width=4, class_names=["a", "b"])
+    )
     data = read_checkpoint(save_checkpoint(tmp_path / "new.pt", model))
     # Version 1: only the builder arguments the user gave (and image_size), no priors.
     data.update(version=1, arch_args={"width": 4, "image_size": [96, 128]})
@@ -232,13 +252,18 @@ def test_version_1_checkpoints_still_load(tmp_path):
 def _not_checkpoints(tmp_path) -> dict[str, os.PathLike]:
     """Files someone may pass for a checkpoint that torch.load cannot read (or warns about)."""
     (tmp_path / "notes.txt").write_text("epoch 3: loss 1.2\n")
-    (tmp_path / "random.pt").write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                                       dtype=torch.uint8).numpy().tobytes())
+    (tmp_path / "random.pt").write_bytes(
+        torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        .numpy()
+        .tobytes()
+    )
     with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
         archive.writestr("weights.txt", "not a tensor")
     (tmp_path / "pickled.pt").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
     (tmp_path / "empty.pt").write_bytes(b"")
-    files = {name: tmp_path / name for name in ("notes.txt", "random.pt", "archive.pt", "pickled.pt", "empty.pt")}
+    files = {
+        name: tmp_path / name for name in ("notes.txt", "random.pt", "archive.pt", "pickled.pt", "empty.pt")
+    }
     return {**files, "README.md": Path(__file__).resolve().parents[1] / "README.md"}
 
 
@@ -248,8 +273,10 @@ def test_files_that_are_not_pytorch_checkpoints_give_one_short_sentence(tmp_path
             warnings.simplefilter("always")
             load_checkpoint(path)
         message = str(info.value)
-        assert message == (f"{path} is not a PyTorch checkpoint: pass a .pt file written by 'singleshot train' "
-                           "or save_checkpoint"), name
+        assert message == (
+            f"{path} is not a PyTorch checkpoint: pass a .pt file written by 'singleshot train' "
+            "or save_checkpoint"
+        ), name
         assert not caught, (name, [str(w.message) for w in caught])
 
 
@@ -258,8 +285,11 @@ def test_detect_names_a_non_checkpoint_in_one_line(tmp_path, capsys):
     Image.new("RGB", (32, 32), (90, 120, 200)).save(image)
     plain = tmp_path / "plain.pt"
     torch.save({"head.classification_head.module_list.0.weight": torch.zeros(1)}, plain)
-    cases = {**{path: f"{path} is not a PyTorch checkpoint" for path in _not_checkpoints(tmp_path).values()},
-             tmp_path / "missing.pt": "does not exist", plain: "is not a singleshot checkpoint"}
+    cases = {
+        **{path: f"{path} is not a PyTorch checkpoint" for path in _not_checkpoints(tmp_path).values()},
+        tmp_path / "missing.pt": "does not exist",
+        plain: "is not a singleshot checkpoint",
+    }
     for path, words in cases.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

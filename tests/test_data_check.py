@@ -22,17 +22,23 @@ def truncate(path: Path) -> None:
 
 
 def broken_voc(root: Path) -> Path:
-    make_voc(root, {
-        "good": [("dog", 1, 1, 10, 10, 0), ("cat", 0, 0, 51, 41, 0)],  # the second is 1 px out: fine
-        "flat": [("dog", 10, 10, 5, 20, 0), ("dog", 2, 2, 8, 8, 0)],   # object 1: negative width
-        "out": [("cat", 20, 20, 70, 30, 0)],                            # 20 px beyond the 50 px width
-        "trunc": [("dog", 1, 1, 10, 10, 0)],
-        "gone": [("dog", 1, 1, 10, 10, 0)],
-        "badxml": [],
-    }, {"train": ["good", "flat", "out", "trunc", "gone", "badxml", "nofile", "good"], "test": []})
+    make_voc(
+        root,
+        {
+            "good": [("dog", 1, 1, 10, 10, 0), ("cat", 0, 0, 51, 41, 0)],  # the second is 1 px out: fine
+            "flat": [("dog", 10, 10, 5, 20, 0), ("dog", 2, 2, 8, 8, 0)],  # object 1: negative width
+            "out": [("cat", 20, 20, 70, 30, 0)],  # 20 px beyond the 50 px width
+            "trunc": [("dog", 1, 1, 10, 10, 0)],
+            "gone": [("dog", 1, 1, 10, 10, 0)],
+            "badxml": [],
+        },
+        {"train": ["good", "flat", "out", "trunc", "gone", "badxml", "nofile", "good"], "test": []},
+    )
     # a large noisy JPEG so that cutting it in half really truncates the entropy-coded data
     Image.effect_noise((400, 300), 60).convert("RGB").save(root / "JPEGImages" / "trunc.jpg", quality=95)
-    (root / "Annotations" / "trunc.xml").write_text(voc_xml([("dog", 1, 1, 10, 10, 0)], 400, 300, "trunc.jpg"))
+    (root / "Annotations" / "trunc.xml").write_text(
+        voc_xml([("dog", 1, 1, 10, 10, 0)], 400, 300, "trunc.jpg")
+    )
     truncate(root / "JPEGImages" / "trunc.jpg")
     (root / "JPEGImages" / "gone.jpg").unlink()
     (root / "Annotations" / "badxml.xml").write_text("<annotation><object><name>dog</name>")
@@ -103,20 +109,28 @@ def test_coco_problems(tmp_path):
     for name in ("a.jpg", "b.jpg"):
         write_image(root / "train" / name)
     (root / "train" / "c.jpg").write_bytes(b"not an image at all")
-    write_coco(root, {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 40},
-                   {"id": 1, "file_name": "b.jpg", "width": 50, "height": 40},
-                   {"id": 2, "file_name": "c.jpg", "width": 50, "height": 40},
-                   {"id": 3, "file_name": "missing.jpg", "width": 50, "height": 40},
-                   {"id": 4, "file_name": "b.jpg", "width": 60, "height": 40}],
-        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
-                        {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 2, 5, 5]},
-                        {"id": 11, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]},
-                        {"id": 12, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]},
-                        {"id": 13, "image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5]},
-                        {"id": 14, "image_id": 1, "category_id": 1, "bbox": [1, 1, "x", 5]}],
-        "categories": [{"id": 1, "name": "thing"}]})
-    write_coco(root, "{\"images\": [", name="instances_val.json")
+    write_coco(
+        root,
+        {
+            "images": [
+                {"id": 1, "file_name": "a.jpg", "width": 50, "height": 40},
+                {"id": 1, "file_name": "b.jpg", "width": 50, "height": 40},
+                {"id": 2, "file_name": "c.jpg", "width": 50, "height": 40},
+                {"id": 3, "file_name": "missing.jpg", "width": 50, "height": 40},
+                {"id": 4, "file_name": "b.jpg", "width": 60, "height": 40},
+            ],
+            "annotations": [
+                {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 2, 5, 5]},
+                {"id": 11, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]},
+                {"id": 12, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]},
+                {"id": 13, "image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                {"id": 14, "image_id": 1, "category_id": 1, "bbox": [1, 1, "x", 5]},
+            ],
+            "categories": [{"id": 1, "name": "thing"}],
+        },
+    )
+    write_coco(root, '{"images": [', name="instances_val.json")
     report = check_data(root)
     text = [str(p) for p in report.errors]
     ann = str(root / "annotations" / "instances_train.json")
@@ -144,15 +158,16 @@ def test_yolo_problems(tmp_path):
     (root / "images" / "train" / "a.png").write_bytes((root / "images" / "train" / "a.jpg").read_bytes())
     (root / "labels" / "train").mkdir(parents=True)
     (root / "labels" / "train" / "a.txt").write_text(
-        "0 0.5 0.5 0.2 0.2\n"      # fine
-        "2 0.5 0.5 0.2 0.2\n"      # class out of range
-        "0 0.5 0.5 0.2\n"          # four numbers
-        "0 0.5 zero 0.2 0.2\n"     # not a number
-        "0 0.5 0.5 0 0.2\n"        # zero width
-        "0 0.9 0.5 0.5 0.2\n"      # x2 = 1.15: outside
-        "0 0.5 0.5 0.2 0.2\n"      # a repeat: warning
-        "1.5 0.5 0.5 0.2 0.2\n"    # not an integer class
-        "1 0.995 0.5 0.02 0.2\n")  # x2 = 1.005: within tolerance, clipped
+        "0 0.5 0.5 0.2 0.2\n"  # fine
+        "2 0.5 0.5 0.2 0.2\n"  # class out of range
+        "0 0.5 0.5 0.2\n"  # four numbers
+        "0 0.5 zero 0.2 0.2\n"  # not a number
+        "0 0.5 0.5 0 0.2\n"  # zero width
+        "0 0.9 0.5 0.5 0.2\n"  # x2 = 1.15: outside
+        "0 0.5 0.5 0.2 0.2\n"  # a repeat: warning
+        "1.5 0.5 0.5 0.2 0.2\n"  # not an integer class
+        "1 0.995 0.5 0.02 0.2\n"
+    )  # x2 = 1.005: within tolerance, clipped
     (root / "data.yaml").write_text("train: images/train\nnames: [a, b]\n")
     problems = check_dataset(root)
     label = str(root / "labels" / "train" / "a.txt")
@@ -168,7 +183,9 @@ def test_yolo_problems(tmp_path):
     warnings = [p for p in problems if p.severity == "warning"]
     assert len(warnings) == 1 and warnings[0].where == "line 7"
     ds = open_dataset(root, "train", skip_invalid=True)
-    torch.testing.assert_close(ds.annotation(0)["boxes"], torch.tensor([[20.0, 16, 30, 24], [49.25, 16, 50, 24]]))
+    torch.testing.assert_close(
+        ds.annotation(0)["boxes"], torch.tensor([[20.0, 16, 30, 24], [49.25, 16, 50, 24]])
+    )
 
 
 def test_yolo_without_any_label_files_is_an_error(tmp_path):

@@ -65,7 +65,9 @@ def test_images_load_writable_without_warnings(tmp_path, monkeypatch):
             annotated, _, _ = load_annotated_image(tmp_path / name)
             assert torch.equal(annotated, image)
             image.add_(1), annotated.add_(1)  # the caller owns the pixels
-        assert torch.equal(load_image(tmp_path / "rgb.png")[:, 0, 0], torch.tensor([10, 20, 30], dtype=torch.uint8))
+        assert torch.equal(
+            load_image(tmp_path / "rgb.png")[:, 0, 0], torch.tensor([10, 20, 30], dtype=torch.uint8)
+        )
     assert len(arrays) == 9 and all(a.flags.writeable for a in arrays)
 
 
@@ -135,9 +137,13 @@ def test_exif_policy_follows_the_recorded_size(tmp_path):
     image, target = stored[0]
     assert image.shape == (3, 20, 40)
     x1, y1, x2, y2 = target["boxes"][0].long().tolist()
-    assert (image[0, y1 + 1:y2 - 1, x1 + 1:x2 - 1] > 200).all()  # the box frames the red square
+    assert (image[0, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] > 200).all()  # the box frames the red square
     warnings = [p for p in check_dataset(tmp_path / "stored") if p.severity == "warning"]
-    assert len(warnings) == 1 and "EXIF orientation (6)" in warnings[0].message and "stored" in warnings[0].message
+    assert (
+        len(warnings) == 1
+        and "EXIF orientation (6)" in warnings[0].message
+        and "stored" in warnings[0].message
+    )
     # forcing a policy
     assert open_dataset(tmp_path / "stored", exif="upright")[0][0].shape == (3, 40, 20)
     assert open_dataset(tmp_path / "up", exif="stored")[0][0].shape == (3, 20, 40)
@@ -156,4 +162,4 @@ def test_yolo_boxes_refer_to_the_upright_image(tmp_path):
     image, target = ds[0]
     assert image.shape == (3, 40, 20) and ds.image_info(0)[1:] == (20, 40)
     x1, y1, x2, y2 = target["boxes"][0].round().long().tolist()
-    assert (x1, y1, x2, y2) == (14, 0, 20, 6) and (image[0, y1 + 1:y2 - 1, x1 + 1:x2 - 1] > 200).all()
+    assert (x1, y1, x2, y2) == (14, 0, 20, 6) and (image[0, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] > 200).all()

@@ -34,11 +34,15 @@ def write_image(path: Path, width: int = 50, height: int = 40, colour=(120, 30, 
 
 def voc_xml(objects, width=50, height=40, filename="a.jpg") -> str:
     """objects: (name, xmin, ymin, xmax, ymax, difficult)."""
-    parts = [f"<annotation><filename>{filename}</filename><size><width>{width}</width><height>{height}</height>"
-             "<depth>3</depth></size>"]
+    parts = [
+        f"<annotation><filename>{filename}</filename><size><width>{width}</width><height>{height}</height>"
+        "<depth>3</depth></size>"
+    ]
     for name, x1, y1, x2, y2, diff in objects:
-        parts.append(f"<object><name>{name}</name><difficult>{diff}</difficult><bndbox><xmin>{x1}</xmin>"
-                     f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>{diff}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        )
     return "".join(parts) + "</annotation>"
 
 
@@ -46,7 +50,9 @@ def make_voc(root: Path, images: dict[str, list], splits: dict[str, list[str]], 
     for image_id, objects in images.items():
         write_image(root / "JPEGImages" / f"{image_id}.jpg", *size)
         (root / "Annotations").mkdir(parents=True, exist_ok=True)
-        (root / "Annotations" / f"{image_id}.xml").write_text(voc_xml(objects, *size, filename=f"{image_id}.jpg"))
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            voc_xml(objects, *size, filename=f"{image_id}.jpg")
+        )
     (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     for name, ids in splits.items():
         (root / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
@@ -55,10 +61,14 @@ def make_voc(root: Path, images: dict[str, list], splits: dict[str, list[str]], 
 
 # -- VOC -----------------------------------------------------------------------------------------------------
 def test_voc_box_convention_difficult_and_tolerance(tmp_path):
-    root = make_voc(tmp_path / "voc", {
-        "a": [("dog", 1, 1, 10, 20, 0), ("cat", 5, 6, 5, 6, 1)],  # the second: one pixel, difficult
-        "b": [("person", 0, 3, 52, 41, 0)],  # 1-2 px outside the 50x40 image: clipped silently
-    }, {"train": ["a", "b"]})
+    root = make_voc(
+        tmp_path / "voc",
+        {
+            "a": [("dog", 1, 1, 10, 20, 0), ("cat", 5, 6, 5, 6, 1)],  # the second: one pixel, difficult
+            "b": [("person", 0, 3, 52, 41, 0)],  # 1-2 px outside the 50x40 image: clipped silently
+        },
+        {"train": ["a", "b"]},
+    )
     ds = open_dataset(root, "train")
     assert ds.format == "voc" and ds.class_names == list(VOC_CLASSES) and ds.problems == []
     image, t = ds[0]
@@ -88,8 +98,11 @@ def test_voc_writer_is_the_inverse_of_the_reader(tmp_path):
 
 
 def test_voc_class_names_from_all_splits_and_overrides(tmp_path):
-    root = make_voc(tmp_path / "voc", {"a": [("zebra", 1, 1, 5, 5, 0)], "b": [("apple", 1, 1, 5, 5, 0)]},
-                    {"train": ["a"], "test": ["b"]})
+    root = make_voc(
+        tmp_path / "voc",
+        {"a": [("zebra", 1, 1, 5, 5, 0)], "b": [("apple", 1, 1, 5, 5, 0)]},
+        {"train": ["a"], "test": ["b"]},
+    )
     train, test = open_dataset(root, "train"), open_dataset(root, "test")
     assert train.class_names == test.class_names == ["apple", "zebra"]  # sorted, from every annotation
     assert train[0][1]["labels"].tolist() == [2]
@@ -104,8 +117,11 @@ def test_voc_class_names_from_all_splits_and_overrides(tmp_path):
 
 
 def test_voc_splits_and_default_split(tmp_path):
-    root = make_voc(tmp_path / "voc", {"a": [], "b": []}, {"train": ["a"], "val": ["b"], "trainval": ["a", "b"],
-                                                           "test": ["b"], "dog_train": ["a"]})
+    root = make_voc(
+        tmp_path / "voc",
+        {"a": [], "b": []},
+        {"train": ["a"], "val": ["b"], "trainval": ["a", "b"], "test": ["b"], "dog_train": ["a"]},
+    )
     assert list_splits(root) == ["test", "train", "trainval", "val"]  # per-class lists left out
     assert default_split(root, "train") == "trainval" and default_split(root, "eval") == "test"
     assert len(open_dataset(root)) == 2  # trainval
@@ -127,12 +143,17 @@ def test_coco_categories_ids_crowd_and_layout(tmp_path):
     write_image(root / "val2017" / "x.jpg", 64, 48)
     write_image(root / "val2017" / "y.jpg", 64, 48)
     data = coco_json(
-        [{"id": 42, "file_name": "x.jpg", "width": 64, "height": 48},
-         {"id": 7, "file_name": "y.jpg", "width": 64, "height": 48}],
-        [{"id": 1, "image_id": 42, "category_id": 18, "bbox": [10.5, 4, 20, 30], "iscrowd": 0},
-         {"id": 2, "image_id": 42, "category_id": 1, "bbox": [0, 0, 64, 48], "iscrowd": 1},
-         {"id": 3, "image_id": 7, "category_id": 90, "bbox": [1, 2, 3, 4]}],
-        [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}])
+        [
+            {"id": 42, "file_name": "x.jpg", "width": 64, "height": 48},
+            {"id": 7, "file_name": "y.jpg", "width": 64, "height": 48},
+        ],
+        [
+            {"id": 1, "image_id": 42, "category_id": 18, "bbox": [10.5, 4, 20, 30], "iscrowd": 0},
+            {"id": 2, "image_id": 42, "category_id": 1, "bbox": [0, 0, 64, 48], "iscrowd": 1},
+            {"id": 3, "image_id": 7, "category_id": 90, "bbox": [1, 2, 3, 4]},
+        ],
+        [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+    )
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     assert detect_format(root) == "coco" and list_splits(root) == ["val2017"]
@@ -158,9 +179,15 @@ def test_coco_roboflow_layout(tmp_path):
     root = tmp_path / "rf"
     for split in ("train", "valid"):
         write_image(root / split / "p.jpg")
-        (root / split / "_annotations.coco.json").write_text(json.dumps(coco_json(
-            [{"id": 0, "file_name": "p.jpg", "width": 50, "height": 40}],
-            [{"id": 0, "image_id": 0, "category_id": 0, "bbox": [1, 1, 5, 5]}], [{"id": 0, "name": "thing"}])))
+        (root / split / "_annotations.coco.json").write_text(
+            json.dumps(
+                coco_json(
+                    [{"id": 0, "file_name": "p.jpg", "width": 50, "height": 40}],
+                    [{"id": 0, "image_id": 0, "category_id": 0, "bbox": [1, 1, 5, 5]}],
+                    [{"id": 0, "name": "thing"}],
+                )
+            )
+        )
     assert detect_format(root) == "coco" and list_splits(root) == ["train", "valid"]
     assert default_split(root, "eval") == "valid"
     assert open_dataset(root, "valid")[0][1]["boxes"].tolist() == [[1.0, 1.0, 6.0, 6.0]]
@@ -179,8 +206,13 @@ names:
   2: dog
 """
     data = parse_simple_yaml(text)
-    assert data == {"path": "../datasets/x", "train": "images/train", "val": ["images/val", "images/extra # not a comment"],
-                    "nc": 3, "names": {0: "person", 1: "traffic light", 2: "dog"}}
+    assert data == {
+        "path": "../datasets/x",
+        "train": "images/train",
+        "val": ["images/val", "images/extra # not a comment"],
+        "nc": 3,
+        "names": {0: "person", 1: "traffic light", 2: "dog"},
+    }
     assert parse_simple_yaml("names:\n  - a\n  - 'b c'\n") == {"names": ["a", "b c"]}
     assert parse_simple_yaml("names: [a, b]\ntest:\n") == {"names": ["a", "b"], "test": None}
 
@@ -192,9 +224,13 @@ def test_yolo_layout_labels_polygons_and_names(tmp_path):
     write_image(root / "images" / "val" / "c.jpg", 100, 50)
     (root / "labels" / "train").mkdir(parents=True)
     (root / "labels" / "val").mkdir(parents=True)
-    (root / "labels" / "train" / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n\n0 0.1 0.1 0.3 0.1 0.3 0.5 0.1 0.5\n")
+    (root / "labels" / "train" / "a.txt").write_text(
+        "1 0.5 0.5 0.2 0.4\n\n0 0.1 0.1 0.3 0.1 0.3 0.5 0.1 0.5\n"
+    )
     (root / "labels" / "val" / "c.txt").write_text("0 0.25 0.5 0.5 1.0\n")
-    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  - cat\n  - dog\n")
+    (root / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\nnames:\n  - cat\n  - dog\n"
+    )
     (root / "results.json").write_text("{}")  # a stray JSON does not make it COCO
     assert detect_format(root) == "yolo" and detect_format(root / "data.yaml") == "yolo"
     assert list_splits(root) == ["train", "val"]
@@ -242,9 +278,13 @@ def test_yolo_txt_split_lists_and_roboflow_valid(tmp_path):
 
 # -- all formats -----------------------------------------------------------------------------------------------
 def test_the_three_formats_of_one_synthetic_set_agree(tmp_path):
-    sets = {f: synthesize(tmp_path / f, 12, format=f, image_size=(96, 128), seed=3, splits="train=0.75,test=0.25")
-            for f in ("voc", "coco", "yolo")}
-    assert {s.num_objects for s in sets.values()} == {sets["voc"].num_objects} and sets["voc"].num_objects > 12
+    sets = {
+        f: synthesize(tmp_path / f, 12, format=f, image_size=(96, 128), seed=3, splits="train=0.75,test=0.25")
+        for f in ("voc", "coco", "yolo")
+    }
+    assert {s.num_objects for s in sets.values()} == {sets["voc"].num_objects} and sets[
+        "voc"
+    ].num_objects > 12
     for split in ("train", "test"):
         voc, coco, yolo = (open_dataset(tmp_path / f, split) for f in ("voc", "coco", "yolo"))
         assert voc.class_names == coco.class_names == yolo.class_names
@@ -288,5 +328,7 @@ def test_coco_folder_without_annotation_files_is_one_clear_sentence(tmp_path):
     from singleshot.errors import UserError
 
     (tmp_path / "annotations").mkdir()
-    with pytest.raises(UserError, match=r"holds no COCO annotation file: expected annotations/instances_<split>\.json"):
+    with pytest.raises(
+        UserError, match=r"holds no COCO annotation file: expected annotations/instances_<split>\.json"
+    ):
         open_dataset(tmp_path, format="coco")

@@ -54,8 +54,18 @@ def test_render_image_knobs():
     rng = np.random.default_rng(0)
     sizes, counts = [], []
     for _ in range(40):
-        im, boxes, classes = render_image(rng, 200, 160, ("circle", "ring"), min_size=0.1, max_size=0.3,
-                                          min_objects=2, max_objects=4, clutter=1.0, max_overlap=0.2)
+        im, boxes, classes = render_image(
+            rng,
+            200,
+            160,
+            ("circle", "ring"),
+            min_size=0.1,
+            max_size=0.3,
+            min_objects=2,
+            max_objects=4,
+            clutter=1.0,
+            max_overlap=0.2,
+        )
         assert im.size == (200, 160) and im.mode == "RGB"
         assert set(classes.tolist()) <= {0, 1}
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 160).all()
@@ -78,12 +88,22 @@ def test_objects_differ_from_their_background():
     """Each object's colour stands out from what surrounds it, so shape is learnable, not guessed."""
     rng = np.random.default_rng(1)
     for _ in range(10):
-        im, boxes, _ = render_image(rng, 160, 160, SHAPES[:5], min_size=0.2, max_size=0.3, min_objects=1,
-                                    max_objects=1, clutter=0.0, max_overlap=0.3)
+        im, boxes, _ = render_image(
+            rng,
+            160,
+            160,
+            SHAPES[:5],
+            min_size=0.2,
+            max_size=0.3,
+            min_objects=1,
+            max_objects=1,
+            clutter=0.0,
+            max_overlap=0.3,
+        )
         a = np.asarray(im, dtype=np.float32)
         x1, y1, x2, y2 = boxes[0].astype(int)
         cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
-        centre = a[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3).mean(0)
+        centre = a[cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3).mean(0)
         ring = np.concatenate([a[max(y1 - 3, 0), x1:x2], a[min(y2 + 2, 159), x1:x2]]).mean(0)
         assert np.linalg.norm(centre - ring) > 40
 
@@ -114,8 +134,27 @@ def test_overwrite_replaces_only_what_synth_writes(tmp_path):
 
 def test_synth_command(tmp_path, capsys):
     out = tmp_path / "cmd"
-    assert main(["synth", str(out), "--images", "6", "--format", "yolo", "--image-size", "96x64", "--classes", "3",
-                 "--objects", "2-3", "--splits", "train=0.5,val=0.5"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--images",
+                "6",
+                "--format",
+                "yolo",
+                "--image-size",
+                "96x64",
+                "--classes",
+                "3",
+                "--objects",
+                "2-3",
+                "--splits",
+                "train=0.5,val=0.5",
+            ]
+        )
+        == 0
+    )
     assert "wrote 6 images" in capsys.readouterr().out
     ds = open_dataset(out, "val")
     assert ds.class_names == list(SHAPES[:3]) and ds[0][0].shape == (3, 64, 96)
@@ -129,8 +168,18 @@ def test_synth_command(tmp_path, capsys):
 def test_synthesized_boxes_frame_their_shapes(tmp_path):
     """The pixels of the shape's colour around each box have that box as their bounding box (shapes without
     thin tips, whose anti-aliased points are too faint to find by colour)."""
-    synthesize(tmp_path / "s", 8, image_size=128, splits="train=1", min_objects=1, max_objects=1, min_size=0.2,
-               max_size=0.4, clutter=0.0, shapes=("square", "circle", "cross", "ring"))
+    synthesize(
+        tmp_path / "s",
+        8,
+        image_size=128,
+        splits="train=1",
+        min_objects=1,
+        max_objects=1,
+        min_size=0.2,
+        max_size=0.4,
+        clutter=0.0,
+        shapes=("square", "circle", "cross", "ring"),
+    )
     ds = open_dataset(tmp_path / "s", "train")
     for i in range(len(ds)):
         image, target = ds[i]
@@ -139,7 +188,7 @@ def test_synthesized_boxes_frame_their_shapes(tmp_path):
         cy = (y1 + y2) // 2 if target["labels"][0] != 4 else y1 + 2  # a ring is hollow: its top instead
         colour = image[:, cy, (x1 + x2) // 2].float()
         lo_x, lo_y = max(x1 - 3, 0), max(y1 - 3, 0)
-        region = image[:, lo_y:y2 + 3, lo_x:x2 + 3].float()
+        region = image[:, lo_y : y2 + 3, lo_x : x2 + 3].float()
         ys, xs = torch.nonzero((region - colour[:, None, None]).abs().amax(0) < 40, as_tuple=True)
         found = torch.tensor([xs.min() + lo_x, ys.min() + lo_y, xs.max() + 1 + lo_x, ys.max() + 1 + lo_y])
         assert (found - box).abs().max() <= 2, (i, found, box)

@@ -10,8 +10,9 @@ from singleshot.data import EvalTransform, TrainTransform, collate, photometric_
 
 W, H = 256, 200  # coordinates fit in one byte
 CODES = (50, 100, 150, 200)  # blue channel of objects 1..4; background 0, zoom-out fill 255
-OBJECTS = torch.tensor([[10, 12, 80, 70], [150, 20, 240, 90], [30, 110, 110, 190], [160, 120, 230, 185]],
-                       dtype=torch.float32)
+OBJECTS = torch.tensor(
+    [[10, 12, 80, 70], [150, 20, 240, 90], [30, 110, 110, 190], [160, 120, 230, 185]], dtype=torch.float32
+)
 
 
 def coordinate_image() -> torch.Tensor:
@@ -24,8 +25,14 @@ def coordinate_image() -> torch.Tensor:
 
 
 def target(n: int = 4) -> dict:
-    return {"boxes": OBJECTS[:n].clone(), "labels": torch.arange(1, n + 1), "difficult": torch.zeros(n, dtype=torch.bool),
-            "iscrowd": torch.zeros(n, dtype=torch.bool), "image_id": 7, "path": "x.png"}
+    return {
+        "boxes": OBJECTS[:n].clone(),
+        "labels": torch.arange(1, n + 1),
+        "difficult": torch.zeros(n, dtype=torch.bool),
+        "iscrowd": torch.zeros(n, dtype=torch.bool),
+        "image_id": 7,
+        "path": "x.png",
+    }
 
 
 @pytest.mark.parametrize("size", [(150, 200), (120, 120)])
@@ -55,8 +62,13 @@ def test_boxes_follow_pixels(size):
         saw["dropped"] += int(len(kept) < 4)
         for box, label in zip(t["boxes"], t["labels"].tolist()):
             src = OBJECTS[label - 1]
-            region = ((b - CODES[label - 1]).abs() <= 4) & (r >= src[0] - 1) & (r <= src[2]) & (g >= src[1] - 1) & (
-                g <= src[3])
+            region = (
+                ((b - CODES[label - 1]).abs() <= 4)
+                & (r >= src[0] - 1)
+                & (r <= src[2])
+                & (g >= src[1] - 1)
+                & (g <= src[3])
+            )
             vs, us = torch.nonzero(region, as_tuple=True)
             assert len(us) > 0, "a kept object is invisible"
             found = torch.tensor([us.min(), vs.min(), us.max() + 1, vs.max() + 1], dtype=torch.float32)
@@ -80,15 +92,18 @@ def test_train_transform_drops_difficult_and_crowd_unless_asked():
     _, out = plain(coordinate_image(), t)
     assert out["labels"].tolist() == [3, 4]
     assert len(out["difficult"]) == len(out["iscrowd"]) == 2 and out["image_id"] == 7
-    keep = TrainTransform(100, photometric=False, expand=False, crop=False, flip=False, keep_difficult=True,
-                          keep_crowd=True)
+    keep = TrainTransform(
+        100, photometric=False, expand=False, crop=False, flip=False, keep_difficult=True, keep_crowd=True
+    )
     _, out = keep(coordinate_image(), t)
     assert out["labels"].tolist() == [1, 2, 3, 4] and out["difficult"].tolist() == [True, False, False, False]
 
 
 def test_train_transform_resize_only_is_exact():
     image = coordinate_image()
-    out, t = TrainTransform((100, 128), photometric=False, expand=False, crop=False, flip=False)(image, target())
+    out, t = TrainTransform((100, 128), photometric=False, expand=False, crop=False, flip=False)(
+        image, target()
+    )
     expected = OBJECTS / torch.tensor([W, H, W, H])
     torch.testing.assert_close(t["boxes"], expected)
     assert out.shape == (3, 100, 128)
@@ -113,13 +128,24 @@ def test_train_transform_is_reproducible_with_a_generator():
 def test_zoom_out_ratio_and_fill():
     """With zoom-out forced and nothing else, the image occupies 1/r of each side, the rest is the mean."""
     gen = torch.Generator().manual_seed(3)
-    transform = TrainTransform(200, mean=(0.0, 0.0, 1.0), photometric=False, crop=False, flip=False, expand_p=1.0,
-                               expand_max=3.0, generator=gen)
+    transform = TrainTransform(
+        200,
+        mean=(0.0, 0.0, 1.0),
+        photometric=False,
+        crop=False,
+        flip=False,
+        expand_p=1.0,
+        expand_max=3.0,
+        generator=gen,
+    )
     for _ in range(10):
         out, t = transform(coordinate_image(), target())
         width = t["boxes"][:, 2] - t["boxes"][:, 0]
         ratio = (OBJECTS[:, 2] - OBJECTS[:, 0]) / W / width
-        assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4) and 1.0 <= float(ratio[0]) <= 3.0 + 1e-4
+        assert (
+            torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
+            and 1.0 <= float(ratio[0]) <= 3.0 + 1e-4
+        )
         image_cols = ((out[2] < 250).sum(0) > 0).sum()
         assert abs(int(image_cols) - 200 / float(ratio[0])) <= 2
 
@@ -150,8 +176,9 @@ def test_sample_iou_crop_constraints():
 
 def test_sample_iou_crop_gives_up_after_its_trials():
     tiny = torch.tensor([[10.0, 10, 14, 14]])
-    window, option = sample_iou_crop(tiny, 1000, 1000, options=(0.9,), trials=50,
-                                      generator=torch.Generator().manual_seed(0))
+    window, option = sample_iou_crop(
+        tiny, 1000, 1000, options=(0.9,), trials=50, generator=torch.Generator().manual_seed(0)
+    )
     assert window is None and option == 0.9
 
 
@@ -160,11 +187,14 @@ def test_photometric_distort():
     image = coordinate_image()
     assert torch.equal(photometric_distort(image, p=0.0, generator=gen), image)
     # with neutral ranges only the channel swap is left: a permutation of the channels
-    out = photometric_distort(image, p=1.0, brightness=(1, 1), contrast=(1, 1), saturation=(1, 1), hue=(0, 0),
-                              generator=gen)
+    out = photometric_distort(
+        image, p=1.0, brightness=(1, 1), contrast=(1, 1), saturation=(1, 1), hue=(0, 0), generator=gen
+    )
     assert sorted(out[:, 5, 7].tolist()) == sorted(image[:, 5, 7].tolist())
-    assert any(torch.equal(out, image[list(p)]) for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1),
-                                                           (2, 1, 0)])
+    assert any(
+        torch.equal(out, image[list(p)])
+        for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    )
     changed = photometric_distort(image, p=1.0, generator=gen)
     assert changed.dtype == torch.uint8 and changed.shape == image.shape and not torch.equal(changed, image)
 
@@ -183,7 +213,9 @@ def test_collate_stacks_and_refuses_mixed_sizes():
     images, targets = collate(batch)
     assert images.shape == (3, 3, 64, 64) and images.dtype == torch.uint8 and len(targets) == 3
     with pytest.raises(ValueError, match="one size"):
-        collate([(torch.zeros(3, 4, 4, dtype=torch.uint8), {}), (torch.zeros(3, 5, 4, dtype=torch.uint8), {})])
+        collate(
+            [(torch.zeros(3, 4, 4, dtype=torch.uint8), {}), (torch.zeros(3, 5, 4, dtype=torch.uint8), {})]
+        )
 
 
 def test_matches_torchvision_pad_crop_flip_resize():
@@ -209,8 +241,12 @@ def test_matches_torchvision_pad_crop_flip_resize():
         if p["flip"]:
             img, boxes = F.horizontal_flip(img), F.horizontal_flip(boxes)
         img, boxes = F.resize(img, list(size), antialias=True), F.resize(boxes, list(size))
-        torch.testing.assert_close(t["boxes"] * torch.tensor([size[1], size[0]] * 2), boxes.as_subclass(torch.Tensor),
-                                   atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            t["boxes"] * torch.tensor([size[1], size[0]] * 2),
+            boxes.as_subclass(torch.Tensor),
+            atol=1e-3,
+            rtol=0,
+        )
         diff = (out.int() - img.as_subclass(torch.Tensor).int()).abs()
         if x0 >= ox and y0 >= oy and x1 <= ox + W and y1 <= oy + H:  # no canvas visible: the same pixels
             assert diff.max() <= 1

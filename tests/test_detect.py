@@ -53,26 +53,51 @@ def test_find_images_scans_directories_flat_or_recursively(tmp_path):
     (tmp_path / "empty").mkdir()
 
     files, failures = find_images([str(d), str(notes), str(d / "a.jpg"), str(tmp_path / "nope.jpg")])
-    assert files == [d / "B.PNG", d / "a.jpg", notes]  # directory sorted; a.jpg not twice; notes named, so tried
+    assert files == [
+        d / "B.PNG",
+        d / "a.jpg",
+        notes,
+    ]  # directory sorted; a.jpg not twice; notes named, so tried
     assert failures == [(str(tmp_path / "nope.jpg"), f"{tmp_path / 'nope.jpg'} does not exist.")]
 
     _touch(d / "out" / "a.jpg")  # the annotated copies of an earlier run
     files, failures = find_images([str(d), str(tmp_path / "empty")], recursive=True, skip=d / "out")
     assert files == [d / "B.PNG", d / "a.jpg", d / "sub" / "c.png"]
-    assert len(failures) == 1 and failures[0][0] == str(tmp_path / "empty") and "no image files" in failures[0][1]
+    assert (
+        len(failures) == 1
+        and failures[0][0] == str(tmp_path / "empty")
+        and "no image files" in failures[0][1]
+    )
     _, failures = find_images([str(tmp_path / "empty")])
     assert "--recursive" in failures[0][1]
 
 
 def test_output_names_keep_stems_and_never_collide():
-    files = [Path("x/a.jpg"), Path("y/a.JPEG"), Path("z/a.png"), Path("w/b.gif"), Path("v/A.jpg"), Path("u/c.tif")]
+    files = [
+        Path("x/a.jpg"),
+        Path("y/a.JPEG"),
+        Path("z/a.png"),
+        Path("w/b.gif"),
+        Path("v/A.jpg"),
+        Path("u/c.tif"),
+    ]
     assert output_names(files) == ["a.jpg", "a-2.jpg", "a.png", "b.png", "A-3.jpg", "c.png"]
 
 
 def test_format_json_is_json_with_one_line_per_detection():
-    payload = {"images": [{"file": "a.jpg", "width": 3, "detections": [
-        {"box": [1.0, 2.5, 3.0, 4.0], "score": 0.5, "label": 1, "class": "cat"},
-        {"box": [0.0, 0.0, 1.0, 1.0], "score": 0.25, "label": 2, "class": "dog"}]}], "failed": []}
+    payload = {
+        "images": [
+            {
+                "file": "a.jpg",
+                "width": 3,
+                "detections": [
+                    {"box": [1.0, 2.5, 3.0, 4.0], "score": 0.5, "label": 1, "class": "cat"},
+                    {"box": [0.0, 0.0, 1.0, 1.0], "score": 0.25, "label": 2, "class": "dog"},
+                ],
+            }
+        ],
+        "failed": [],
+    }
     text = format_json(payload)
     assert json.loads(text) == payload
     lines = [line.strip() for line in text.splitlines()]
@@ -105,8 +130,22 @@ def test_detect_writes_pictures_and_json_and_names_bad_inputs(checkpoint, tmp_pa
     missing = tmp_path / "missing.png"
     out = tmp_path / "out" / "run1"
 
-    code = main(["detect", str(checkpoint), str(photos), str(missing), "--out", str(out),
-                 "--score-threshold", "0.2", "--batch-size", "2", "--device", "cpu"])
+    code = main(
+        [
+            "detect",
+            str(checkpoint),
+            str(photos),
+            str(missing),
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0.2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     skipped = [line for line in captured.err.splitlines() if line.startswith("singleshot detect: skipped")]

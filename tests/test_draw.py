@@ -87,7 +87,11 @@ def test_ground_truth_without_scores_and_unknown_labels():
 
 def test_empty_detections_give_the_image():
     image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "scores": torch.zeros(0),
+    }
     assert (_pixels(draw_detections(image, empty, ["a"])) == image.permute(1, 2, 0).numpy()).all()
 
 
@@ -105,6 +109,7 @@ def test_image_grid_tiles_row_major():
     grid = image_grid([red, blue, red], columns=2, pad=1)
     assert grid.size == (2 * 4 + 3, 2 * 3 + 3)
     px = _pixels(grid)
-    assert tuple(px[1, 1]) == (255, 0, 0) and tuple(px[1, 6]) == (0, 0, 255) and tuple(px[5, 1]) == (255, 0, 0)
+    assert (
+        tuple(px[1, 1]) == (255, 0, 0) and tuple(px[1, 6]) == (0, 0, 255) and tuple(px[5, 1]) == (255, 0, 0)
+    )
     assert tuple(px[0, 0]) == (255, 255, 255) and tuple(px[5, 6]) == (255, 255, 255)
-

@@ -549,7 +549,9 @@ def test_config_winograd_reaches_the_model(tmp_path, tiny_voc):
 
     # ssd_small at width 16 has 3x3 convolutions of 8 x 16 = 128 channels: Winograd-capable layers.
     for enabled in (True, False):
-        config = _config(tiny_voc, tmp_path / f"r{enabled}", epochs=1, winograd=enabled, model_options={"width": 16})
+        config = _config(
+            tiny_voc, tmp_path / f"r{enabled}", epochs=1, winograd=enabled, model_options={"width": 16}
+        )
         result = Trainer(config, on_step=lambda t: t.stop(), progress=False).fit()
         convs = [m for m in result.model.modules() if type(m) is Conv2d]
         assert convs and all(m.winograd is enabled for m in convs)

@@ -68,7 +68,9 @@ def _assert_same_detections(onnx_out, reference, size):
         assert np.all(np.diff(scores[mine]) <= 1e-6), "best first inside an image"
         assert mine.sum() == len(ref["scores"])
         got = _canonical(boxes[mine], scores[mine], labels[mine])
-        want = _canonical((ref["boxes"] / torch.tensor(scale)).numpy(), ref["scores"].numpy(), ref["labels"].numpy())
+        want = _canonical(
+            (ref["boxes"] / torch.tensor(scale)).numpy(), ref["scores"].numpy(), ref["labels"].numpy()
+        )
         np.testing.assert_array_equal(got[2], want[2])
         np.testing.assert_allclose(got[0], want[0], atol=1e-4)
         np.testing.assert_allclose(got[1], want[1], atol=1e-5)
@@ -114,19 +116,23 @@ def test_multiclass_nms_is_per_image_and_class_nms(batch, classes, boxes_per_ima
     assert {tuple(row) for row in got.tolist()} == want and len(got) == len(want)
 
 
-@pytest.mark.parametrize("settings", [
-    SETTINGS,
-    {"score_threshold": 0.01, "nms_threshold": 0.3, "candidates_per_class": 400, "max_detections": 200},
-    {"score_threshold": 0.2, "nms_threshold": 0.6, "candidates_per_class": 5, "max_detections": 7},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SETTINGS,
+        {"score_threshold": 0.01, "nms_threshold": 0.3, "candidates_per_class": 400, "max_detections": 200},
+        {"score_threshold": 0.2, "nms_threshold": 0.6, "candidates_per_class": 5, "max_detections": 7},
+    ],
+)
 def test_graph_in_pytorch_is_postprocess(model, settings):
     graph = DetectionGraph(model, **settings).eval()
     images = _images(3, model.image_size)
     with torch.no_grad():
         out = [t.numpy() for t in graph(images)]
         cls_logits, box_deltas = model(model.normalize(images))
-    reference = postprocess(cls_logits, box_deltas, model.priors, [model.image_size] * 3,
-                            variances=model.variances, **settings)
+    reference = postprocess(
+        cls_logits, box_deltas, model.priors, [model.image_size] * 3, variances=model.variances, **settings
+    )
     assert sum(len(r["scores"]) for r in reference) > 3
     _assert_same_detections(out, reference, model.image_size)
 
@@ -176,8 +182,12 @@ def test_onnx_model_describes_itself(model, detections_onnx):
     assert image_input.name == "images" and image_input.type == "tensor(uint8)"
     assert image_input.shape == ["batch", 3, *model.image_size]
     outputs = {o.name: o.shape for o in _session(detections_onnx).get_outputs()}
-    assert outputs == {"boxes": ["detections", 4], "scores": ["detections"], "labels": ["detections"],
-                       "batch_index": ["detections"]}
+    assert outputs == {
+        "boxes": ["detections", 4],
+        "scores": ["detections"],
+        "labels": ["detections"],
+        "batch_index": ["detections"],
+    }
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -201,12 +211,15 @@ def test_cli_export_fixed_batch_and_no_detections(tmp_path, capsys):
     assert boxes.shape == (0, 4) and scores.shape == labels.shape == batch_index.shape == (0,)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--opset", "16"], "--opset 16"),
-    (["--score-threshold", "1.5"], "--score-threshold"),
-    (["--nms-threshold", "0"], "--nms-threshold"),
-    (["--max-detections", "0"], "--max-detections"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--opset", "16"], "--opset 16"),
+        (["--score-threshold", "1.5"], "--score-threshold"),
+        (["--nms-threshold", "0"], "--nms-threshold"),
+        (["--max-detections", "0"], "--max-detections"),
+    ],
+)
 def test_cli_export_bad_options(tmp_path, capsys, args, words):
     ckpt = save_checkpoint(tmp_path / "m.pt", _model())
     assert main(["export", str(ckpt), "--out", str(tmp_path / "sub" / "m.onnx"), *args]) == 2
@@ -235,7 +248,9 @@ def test_cli_export_bad_files(tmp_path, capsys):
 
 def test_missing_onnx_is_one_sentence(tmp_path, monkeypatch, capsys):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
     with pytest.raises(UserError, match=r"pip install 'singleshot\[export\]'"):
         require_onnx()
     ckpt = save_checkpoint(tmp_path / "m.pt", _model())

@@ -28,15 +28,22 @@ from singleshot.priors import TORCHVISION_SSD300, default_boxes
 # Four quadrant priors and a small one in the middle.
 QUADRANTS = xyxy_to_cxcywh(
     torch.tensor(
-        [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0],
-         [0.45, 0.45, 0.55, 0.55]]
+        [
+            [0.0, 0.0, 0.5, 0.5],
+            [0.5, 0.0, 1.0, 0.5],
+            [0.0, 0.5, 0.5, 1.0],
+            [0.5, 0.5, 1.0, 1.0],
+            [0.45, 0.45, 0.55, 0.55],
+        ]
     )
 )
 
 
 def _targets(*boxes_and_labels):
-    return [{"boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(lab).long()}
-            for b, lab in boxes_and_labels]
+    return [
+        {"boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(lab).long()}
+        for b, lab in boxes_and_labels
+    ]
 
 
 def _hand_case():
@@ -71,7 +78,10 @@ def test_hand_computed_case():
     # Gradients only where the loss looks: prior 0 and the three mined negatives of image 0.
     assert logits.grad[1].abs().sum() == 0 and logits.grad[0, 1].abs().sum() == 0
     assert (logits.grad[0, [0, 2, 3, 4]].abs().sum(-1) > 0).all()
-    assert deltas.grad[0, 0].tolist() == pytest.approx([-0.5, -1.0, 0.0, 0.0]) and deltas.grad[0, 1:].abs().sum() == 0
+    assert (
+        deltas.grad[0, 0].tolist() == pytest.approx([-0.5, -1.0, 0.0, 0.0])
+        and deltas.grad[0, 1:].abs().sum() == 0
+    )
 
     weighted = MultiBoxLoss(QUADRANTS, alpha=2.0)(logits, deltas, targets)
     assert weighted["loss"].item() == pytest.approx(conf + 2 * loc, rel=1e-6)
@@ -80,9 +90,13 @@ def test_hand_computed_case():
 
 
 def test_mine_hard_negatives_by_hand():
-    conf = torch.tensor([[5.0, 1.0, 4.0, 3.0, 2.0, 9.0, 0.5, 0.1],
-                         [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
-                         [2.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0, 2.0]])
+    conf = torch.tensor(
+        [
+            [5.0, 1.0, 4.0, 3.0, 2.0, 9.0, 0.5, 0.1],
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+            [2.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0, 2.0],
+        ]
+    )
     positive = torch.zeros(3, 8, dtype=torch.bool)
     positive[0, 5] = True  # image 0: 1 positive -> its 3 hardest negatives (5.0, 4.0, 3.0; 9.0 is positive)
     # image 1: no positive -> no negative, however large its losses
@@ -127,8 +141,10 @@ def test_degenerate_ground_truth_changes_nothing():
     logits, deltas, targets = _hand_case()
     loss_fn = MultiBoxLoss(QUADRANTS)
     clean = loss_fn(logits, deltas, targets)
-    dirty_targets = _targets(([[0.2, 0.2, 0.2, 0.8], [0.05, 0.0, 0.55, 0.5], [0.7, 0.7, 0.7, 0.7]], [1, 2, 1]),
-                             ([[0.5, 0.5, 0.5, 0.5]], [1]))
+    dirty_targets = _targets(
+        ([[0.2, 0.2, 0.2, 0.8], [0.05, 0.0, 0.55, 0.5], [0.7, 0.7, 0.7, 0.7]], [1, 2, 1]),
+        ([[0.5, 0.5, 0.5, 0.5]], [1]),
+    )
     dirty = loss_fn(logits, deltas, dirty_targets)
     for key in clean:
         assert torch.equal(clean[key], dirty[key])
@@ -165,8 +181,10 @@ def _reference_loss(priors, logits, deltas, targets, ratio=3.0, variances=(0.1, 
 def test_agrees_with_a_plain_loop_reference(seed, separated_boxes):
     rng = torch.Generator().manual_seed(seed)
     priors = default_boxes([4, 2, 1], [[2], [2, 3], [2]], s_min=0.3)  # 92 priors
-    targets = [{"boxes": b, "labels": torch.randint(1, 6, (len(b),), generator=rng)}
-               for b in separated_boxes(rng, 4, 4)]
+    targets = [
+        {"boxes": b, "labels": torch.randint(1, 6, (len(b),), generator=rng)}
+        for b in separated_boxes(rng, 4, 4)
+    ]
     logits = torch.randn(4, len(priors), 6, generator=rng) * 3
     deltas = torch.randn(4, len(priors), 4, generator=rng)
     out = MultiBoxLoss(priors)(logits, deltas, targets)
@@ -213,8 +231,10 @@ def test_loss_and_gradients_equal_torchvision(seed, torchvision_ssd300, separate
     rng = torch.Generator().manual_seed(seed)
     batch = 4
     priors = default_boxes(**TORCHVISION_SSD300, clip="wh")
-    targets = [{"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
-               for b in separated_boxes(rng, batch, 9)]
+    targets = [
+        {"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
+        for b in separated_boxes(rng, batch, 9)
+    ]
     targets_px = [{"boxes": t["boxes"] * 300, "labels": t["labels"]} for t in targets]
     logits = torch.randn(batch, len(priors), 21, generator=rng) * 3
     deltas = torch.randn(batch, len(priors), 4, generator=rng) * 2
@@ -225,8 +245,12 @@ def test_loss_and_gradients_equal_torchvision(seed, torchvision_ssd300, separate
 
     tv_logits, tv_deltas = logits.clone().requires_grad_(), deltas.clone().requires_grad_()
     anchors = _torchvision_anchors(model, batch)
-    theirs = model.compute_loss(targets_px, {"cls_logits": tv_logits, "bbox_regression": tv_deltas}, anchors,
-                                _torchvision_matches(model, anchors, targets_px))
+    theirs = model.compute_loss(
+        targets_px,
+        {"cls_logits": tv_logits, "bbox_regression": tv_deltas},
+        anchors,
+        _torchvision_matches(model, anchors, targets_px),
+    )
     (theirs["classification"] + theirs["bbox_regression"]).backward()
 
     assert ours["num_pos"].item() > 20
@@ -241,8 +265,10 @@ def test_torchvision_ssd_forward_end_to_end(torchvision_ssd300, separated_boxes,
     """Through the whole torchvision model (its head's output order, its matching in forward)."""
     model = torchvision_ssd300.train()
     priors = default_boxes(**TORCHVISION_SSD300, clip="wh")
-    targets = [{"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
-               for b in separated_boxes(rng, 2, 6)]
+    targets = [
+        {"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
+        for b in separated_boxes(rng, 2, 6)
+    ]
     heads = {}
 
     def keep(module, inputs, outputs):
@@ -272,8 +298,10 @@ def test_torchvision_ssd_forward_end_to_end(torchvision_ssd300, separated_boxes,
 
 def _batch(rng, separated_boxes, batch=6, scale=3.0):
     priors = default_boxes(**TORCHVISION_SSD300, clip="wh")
-    targets = [{"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
-               for b in separated_boxes(rng, batch, 9)]
+    targets = [
+        {"boxes": b, "labels": torch.randint(1, 21, (len(b),), generator=rng)}
+        for b in separated_boxes(rng, batch, 9)
+    ]
     logits = torch.randn(batch, len(priors), 21, generator=rng) * scale
     deltas = torch.randn(batch, len(priors), 4, generator=rng)
     return priors, targets, logits, deltas
@@ -335,5 +363,7 @@ def test_mining_by_topk_equals_mining_by_full_sort_with_ties(seed):
         # the same as a stable descending sort of the negatives' losses, first n of each image
         for b in range(5):
             n = min(int(positive[b].sum() * ratio), int((~positive[b]).sum()))
-            order = torch.sort(conf[b].masked_fill(positive[b], -math.inf), descending=True, stable=True).indices
+            order = torch.sort(
+                conf[b].masked_fill(positive[b], -math.inf), descending=True, stable=True
+            ).indices
             assert partial[b].nonzero().flatten().tolist() == sorted(order[:n].tolist())

@@ -25,7 +25,9 @@ PRIORS = xyxy_to_cxcywh(PRIORS_XYXY)
 
 
 def _match(gt_lists, priors=PRIORS, **kwargs):
-    boxes, _, valid = pad_targets([{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in gt_lists])
+    boxes, _, valid = pad_targets(
+        [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in gt_lists]
+    )
     return match_priors(boxes, valid, priors, **kwargs)
 
 
@@ -50,7 +52,9 @@ def test_image_without_ground_truth_is_all_background():
 
 
 def test_prior_tied_between_two_ground_truths_goes_to_the_lower_index():
-    priors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 0.375], [0.5, 0.0, 1.0, 0.375]]))
+    priors = xyxy_to_cxcywh(
+        torch.tensor([[0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 0.375], [0.5, 0.0, 1.0, 0.375]])
+    )
     # Two gts of IoU 0.5 each with prior 0 (each is half of it); their own best priors are 1 and 2 (IoU 0.75).
     gt = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5]])
     assert box_iou(gt, cxcywh_to_xyxy(priors)).tolist() == [[0.5, 0.75, 0.0], [0.5, 0.0, 0.75]]
@@ -63,8 +67,9 @@ def test_ground_truths_with_the_same_best_prior_higher_index_keeps_it():
     gt = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])  # both: best prior 0 (IoU 0.25)
     assert _match([gt], priors).tolist() == [[1, -1]]
     # The loser still gets every prior above the threshold.
-    assert _match([torch.cat([gt, torch.tensor([[0.0, 0.0, 0.25, 0.25]])])[[0, 2, 1]]], priors,
-                  iou_threshold=0.2).tolist() == [[2, 1]]
+    assert _match(
+        [torch.cat([gt, torch.tensor([[0.0, 0.0, 0.25, 0.25]])])[[0, 2, 1]]], priors, iou_threshold=0.2
+    ).tolist() == [[2, 1]]
 
 
 def test_forced_match_of_equally_good_priors_is_the_lowest_index():
@@ -81,7 +86,9 @@ def test_degenerate_and_outside_ground_truths_are_ignored():
     outside = torch.tensor([[2.0, 2.0, 3.0, 3.0]])  # overlaps no prior: no forced match
     for extra in (zero_size, inverted, outside):
         assert torch.equal(_match([torch.cat([gt, extra])]), expected)
-        assert torch.equal(_match([torch.cat([extra, gt])]), torch.where(expected >= 0, expected + len(extra), -1))
+        assert torch.equal(
+            _match([torch.cat([extra, gt])]), torch.where(expected >= 0, expected + len(extra), -1)
+        )
     assert _match([zero_size]).tolist() == [[-1] * 5]
 
 
@@ -137,8 +144,18 @@ def test_sparse_maxima_equal_the_dense_ones_where_used(seed):
     """The CPU path finds argmax indices only where matching reads them; CUDA's finds all. Boxes on a coarse
     grid make many equal overlaps, so the "first maximum" rules are exercised."""
     rng = torch.Generator().manual_seed(seed)
-    grid = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0],
-                         [0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.25, 0.25]])
+    grid = torch.tensor(
+        [
+            [0.0, 0.0, 0.5, 0.5],
+            [0.5, 0.0, 1.0, 0.5],
+            [0.0, 0.5, 0.5, 1.0],
+            [0.5, 0.5, 1.0, 1.0],
+            [0.25, 0.25, 0.75, 0.75],
+            [0.0, 0.0, 1.0, 1.0],
+            [0.0, 0.0, 0.5, 1.0],
+            [0.0, 0.0, 0.25, 0.25],
+        ]
+    )
     priors_xyxy = torch.cat([grid, grid * 0.5, grid * 0.5 + 0.5])
     gt = grid[torch.randint(0, len(grid), (4, 5), generator=rng)]  # (B, G, 4), repeated boxes included
     valid = torch.rand(4, 5, generator=rng) < 0.8

@@ -124,7 +124,10 @@ def random_devkit_set(seed, num_images=40, num_classes=5, integer_detections=Tru
         gt = np.concatenate([xmin, xmin + size - 1], axis=1)  # 1-based inclusive corners
         labels = rng.integers(1, num_classes + 1, n)
         difficult = rng.random(n) < 0.2
-        recs[i] = [{"name": int(c), "bbox": b.tolist(), "difficult": bool(d)} for c, b, d in zip(labels, gt, difficult)]
+        recs[i] = [
+            {"name": int(c), "bbox": b.tolist(), "difficult": bool(d)}
+            for c, b, d in zip(labels, gt, difficult)
+        ]
         k = int(rng.integers(0, 12))
         src = rng.integers(0, max(n, 1), k)
         if n:
@@ -169,7 +172,9 @@ def test_voc_inputs_as_tensors_arrays_or_lists_agree():
     as_lists = [{k: np.asarray(v).tolist() for k, v in p.items()} for p in predictions]
     a = mean_average_precision(predictions, targets, "voc")
     b = mean_average_precision(as_tensors, targets, "voc")
-    c = mean_average_precision(as_lists, [{k: torch.as_tensor(v) for k, v in t.items()} for t in targets], "voc")
+    c = mean_average_precision(
+        as_lists, [{k: torch.as_tensor(v) for k, v in t.items()} for t in targets], "voc"
+    )
     assert a["per_class"] == b["per_class"] == c["per_class"]
 
 
@@ -177,7 +182,10 @@ def test_voc_inputs_as_tensors_arrays_or_lists_agree():
 
 
 def _one_image(gt_boxes, gt_labels, det_boxes, scores, det_labels, difficult=None):
-    target = {"boxes": torch.tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(gt_labels)}
+    target = {
+        "boxes": torch.tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(gt_labels),
+    }
     if difficult is not None:
         target["difficult"] = torch.tensor(difficult)
     prediction = {
@@ -191,8 +199,13 @@ def _one_image(gt_boxes, gt_labels, det_boxes, scores, det_labels, difficult=Non
 def test_duplicate_detection_is_false_and_11_point_differs_from_area():
     # Two objects; detections: object A (0.9), A again (0.8, a duplicate: false), object B (0.7).
     # recall 1/2, 1/2, 1; precision 1, 1/2, 2/3.
-    p, t = _one_image([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 1],
-                      [[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [1, 1, 1])
+    p, t = _one_image(
+        [[0, 0, 10, 10], [20, 20, 30, 30]],
+        [1, 1],
+        [[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]],
+        [0.9, 0.8, 0.7],
+        [1, 1, 1],
+    )
     area = mean_average_precision(p, t, "voc")
     eleven = mean_average_precision(p, t, "voc07")
     assert area["map"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
@@ -263,13 +276,19 @@ def test_user_errors():
     with pytest.raises(UserError, match="cannot read"):
         mean_average_precision(p, t, "coco", coco_gt="/nonexistent/instances_val2017.json")
     with pytest.raises(UserError, match="label 2 has no category"):
-        mean_average_precision(p, t, "coco", coco_gt={"images": [{"id": 1}], "annotations": [], "categories": []})
+        mean_average_precision(
+            p, t, "coco", coco_gt={"images": [{"id": 1}], "annotations": [], "categories": []}
+        )
     two = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     with pytest.raises(UserError, match="image_id"):
-        mean_average_precision(p, t, "coco", coco_gt={"images": [{"id": 1}], "annotations": [], "categories": two})
+        mean_average_precision(
+            p, t, "coco", coco_gt={"images": [{"id": 1}], "annotations": [], "categories": two}
+        )
     t[0]["image_id"] = 5
     with pytest.raises(UserError, match="image id 5 is not in the COCO annotations"):
-        mean_average_precision(p, t, "coco", coco_gt={"images": [{"id": 1}], "annotations": [], "categories": two})
+        mean_average_precision(
+            p, t, "coco", coco_gt={"images": [{"id": 1}], "annotations": [], "categories": two}
+        )
     with pytest.raises(ValueError):
         mean_average_precision(p, t + t, "voc")
 
@@ -294,22 +313,30 @@ def random_coco_set(seed, num_images=30, num_classes=12, max_objects=12, max_det
         k = int(rng.integers(0, max_detections + 1)) if i % 7 else 130
         src = rng.integers(0, max(n, 1), k)
         if n:
-            jitter = rng.integers(-2, 3, (k, 4)) * 4.0 if grid else rng.normal(0, 0.15, (k, 4)) * np.tile(wh[src], 2)
+            jitter = (
+                rng.integers(-2, 3, (k, 4)) * 4.0
+                if grid
+                else rng.normal(0, 0.15, (k, 4)) * np.tile(wh[src], 2)
+            )
             det = gt[src] + jitter
             det_labels = np.where(rng.random(k) < 0.8, labels[src], rng.integers(1, num_classes + 1, k))
         else:
             det = np.concatenate([rng.uniform(0, 300, (k, 2)), rng.uniform(300, 600, (k, 2))], axis=1)
             det_labels = rng.integers(1, num_classes + 1, k)
-        predictions.append({
-            "boxes": torch.tensor(det, dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.tensor(np.round(rng.random(k), 2), dtype=torch.float32),
-            "labels": torch.tensor(det_labels),
-        })
-        targets.append({
-            "boxes": torch.tensor(gt, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels),
-            "iscrowd": torch.tensor(rng.random(n) < 0.15),
-        })
+        predictions.append(
+            {
+                "boxes": torch.tensor(det, dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(np.round(rng.random(k), 2), dtype=torch.float32),
+                "labels": torch.tensor(det_labels),
+            }
+        )
+        targets.append(
+            {
+                "boxes": torch.tensor(gt, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels),
+                "iscrowd": torch.tensor(rng.random(n) < 0.15),
+            }
+        )
     return predictions, targets
 
 
@@ -338,17 +365,38 @@ def coco_json_by_hand(predictions, targets):
     """Image i -> id i + 1, label -> category id, bbox [x1, y1, x2 - x1, y2 - y1] in float64."""
     anns, results, labels = [], [], set()
     for i, (p, t) in enumerate(zip(predictions, targets)):
-        for box, label, crowd in zip(t["boxes"].double().tolist(), t["labels"].tolist(), t["iscrowd"].tolist()):
+        for box, label, crowd in zip(
+            t["boxes"].double().tolist(), t["labels"].tolist(), t["iscrowd"].tolist()
+        ):
             w, h = box[2] - box[0], box[3] - box[1]
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": label, "bbox": [box[0], box[1], w, h],
-                         "area": w * h, "iscrowd": int(crowd)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": label,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": int(crowd),
+                }
+            )
             labels.add(label)
-        for box, score, label in zip(p["boxes"].double().tolist(), p["scores"].double().tolist(), p["labels"].tolist()):
-            results.append({"image_id": i + 1, "category_id": label,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+        for box, score, label in zip(
+            p["boxes"].double().tolist(), p["scores"].double().tolist(), p["labels"].tolist()
+        ):
+            results.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": label,
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "score": score,
+                }
+            )
             labels.add(label)
-    gt = {"images": [{"id": i + 1} for i in range(len(targets))], "annotations": anns,
-          "categories": [{"id": c, "name": str(c)} for c in sorted(labels)]}
+    gt = {
+        "images": [{"id": i + 1} for i in range(len(targets))],
+        "annotations": anns,
+        "categories": [{"id": c, "name": str(c)} for c in sorted(labels)],
+    }
     return gt, results
 
 
@@ -377,7 +425,9 @@ def test_coco_engines_agree_with_pycocotools():
         result = mean_average_precision(predictions, targets, "coco", engine=engine)
         assert result["engine"] == engine
         # faster-coco-eval rounds its accumulation differently, by about 1e-16; ours is exact.
-        np.testing.assert_allclose(result["stats"], reference["stats"], rtol=0, atol=0 if engine == "singleshot" else 1e-12)
+        np.testing.assert_allclose(
+            result["stats"], reference["stats"], rtol=0, atol=0 if engine == "singleshot" else 1e-12
+        )
         assert result.keys() == reference.keys()
 
 
@@ -395,23 +445,31 @@ def test_coco_with_the_data_sets_own_json():
         a["id"] += 500
     gt["annotations"] = gt["annotations"][::-1]
     gt["images"] = [{"id": im["id"] + 1000, "width": 640, "height": 480} for im in gt["images"]]
-    gt["categories"] = [{"id": 3, "name": "dog"}, {"id": 7, "name": "bird"}, {"id": 12, "name": "cat"},
-                        {"id": 20, "name": "unused"}]
+    gt["categories"] = [
+        {"id": 3, "name": "dog"},
+        {"id": 7, "name": "bird"},
+        {"id": 12, "name": "cat"},
+        {"id": 20, "name": "unused"},
+    ]
     for r in results:
         r["image_id"] += 1000
         r["category_id"] = cat_ids[r["category_id"]]
     for i, t in enumerate(targets):
         t["image_id"] = i + 1001
     subset = slice(0, 9)
-    result = mean_average_precision(predictions[subset], targets[subset], "coco", class_names=names, coco_gt=gt)
+    result = mean_average_precision(
+        predictions[subset], targets[subset], "coco", class_names=names, coco_gt=gt
+    )
     wanted = [i + 1001 for i in range(9)]
-    reference = pycocotools_reference(gt, [r for r in results if r["image_id"] in wanted], image_ids=wanted,
-                                      category_ids=[3, 7, 12])
+    reference = pycocotools_reference(
+        gt, [r for r in results if r["image_id"] in wanted], image_ids=wanted, category_ids=[3, 7, 12]
+    )
     assert result["stats"] == [float(s) for s in reference.stats]
     assert list(result["per_class"]) == ["dog", "bird", "cat"]  # category id order
     # Without names the labels map to the i-th smallest category id and take the json's names.
-    by_rank = mean_average_precision(predictions[subset], targets[subset], "coco", coco_gt=gt,
-                                     category_ids=[12, 3, 7])
+    by_rank = mean_average_precision(
+        predictions[subset], targets[subset], "coco", coco_gt=gt, category_ids=[12, 3, 7]
+    )
     assert by_rank["stats"] == result["stats"] and list(by_rank["per_class"]) == ["dog", "bird", "cat"]
 
 
@@ -431,7 +489,9 @@ def test_build_coco_gives_pycocotools_inputs():
     box = targets[0]["boxes"][0].double().tolist()
     assert gt["annotations"][0]["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]])
     reference = pycocotools_reference(gt, results)
-    assert mean_average_precision(predictions, targets, "coco")["stats"] == [float(s) for s in reference.stats]
+    assert mean_average_precision(predictions, targets, "coco")["stats"] == [
+        float(s) for s in reference.stats
+    ]
 
 
 # ------------------------------------------------------------------------------------------ table, plots

@@ -100,7 +100,11 @@ def test_vgg_structure_follows_the_paper():
     pools = [m for m in [*backbone.conv4, *backbone.conv5] if isinstance(m, nn.MaxPool2d)]
     assert [p.ceil_mode for p in pools] == [False, False, True, False]
     assert (backbone.pool5.kernel_size, backbone.pool5.stride, backbone.pool5.padding) == (3, 1, 1)
-    assert backbone.fc6.dilation == (6, 6) and backbone.fc6.kernel_size == (3, 3) and backbone.fc6.out_channels == 1024
+    assert (
+        backbone.fc6.dilation == (6, 6)
+        and backbone.fc6.kernel_size == (3, 3)
+        and backbone.fc6.out_channels == 1024
+    )
     assert backbone.fc7.kernel_size == (1, 1) and backbone.fc7.out_channels == 1024
     last = backbone.extras[-1][2]
     assert last.kernel_size == (4, 4) and last.padding == (1, 1)
@@ -117,7 +121,9 @@ def test_l2norm_scales_unit_vectors_and_survives_half_precision():
     big = torch.full((1, 512, 2, 2), 300.0, dtype=torch.float16)  # sum of squares overflows float16
     out = L2Norm(512)(big)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
-    torch.testing.assert_close(out.float(), torch.full((1, 512, 2, 2), 20 / math.sqrt(512)), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        out.float(), torch.full((1, 512, 2, 2), 20 / math.sqrt(512)), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_normalize_accepts_uint8_and_float():
@@ -226,11 +232,19 @@ def test_arch_args_hold_plain_types_only():
     # The "coco" preset as its scales (min sizes 21 .. 261 px of 300, then 315 px); steps="auto" at a size
     # other than 300x300 spreads the centres evenly (None); clip as the builder's default.
     assert model.arch_args == {
-        "image_size": [300, 320], "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], "steps": None, "clip": None}
+        "image_size": [300, 320],
+        "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        "steps": None,
+        "clip": None,
+    }
     lite = build_model("ssdlite320_mobilenet_v3_large", 3)
     assert lite.arch_args == {
-        "image_size": [320, 320], "scales": pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0]), "steps": None,
-        "clip": "wh", "reduced_tail": True}
+        "image_size": [320, 320],
+        "scales": pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0]),
+        "steps": None,
+        "clip": "wh",
+        "reduced_tail": True,
+    }
 
 
 @pytest.mark.parametrize("name", ["ssd300_vgg16", "ssd_small"])
@@ -286,7 +300,12 @@ def test_vgg_backbone_weights_subsample_fc6_and_fc7(vgg16_file):
 def test_subsampling_shapes():
     w6, b6 = subsample_fc6(torch.zeros(4096, 25088), torch.zeros(4096))
     w7, b7 = subsample_fc7(torch.zeros(4096, 4096), torch.zeros(4096))
-    assert (w6.shape, b6.shape, w7.shape, b7.shape) == ((1024, 512, 3, 3), (1024,), (1024, 1024, 1, 1), (1024,))
+    assert (w6.shape, b6.shape, w7.shape, b7.shape) == (
+        (1024, 512, 3, 3),
+        (1024,),
+        (1024, 1024, 1, 1),
+        (1024,),
+    )
 
 
 def test_mobilenet_backbone_weights_reproduce_torchvisions_features(tmp_path, rng):
@@ -304,7 +323,9 @@ def test_mobilenet_backbone_weights_reproduce_torchvisions_features(tmp_path, rn
         features = model.backbone(x)
         torch.testing.assert_close(features[1], net.features(x), rtol=1e-4, atol=1e-5)
         c4 = model.backbone.c4_position
-        torch.testing.assert_close(features[0], net.features[c4].block[0](net.features[:c4](x)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            features[0], net.features[c4].block[0](net.features[:c4](x)), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_bad_backbone_weights_are_user_errors(tmp_path, vgg16_file):

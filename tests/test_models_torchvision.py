@@ -44,8 +44,10 @@ def _calibrate_heads(tv: nn.Module, images: list[torch.Tensor]) -> None:
     with torch.no_grad():
         batch, _ = tv.transform(images)
         out = tv.head(list(tv.backbone(batch.tensors).values()))
-        for name, head, target in [("cls_logits", tv.head.classification_head, 1.5),
-                                   ("bbox_regression", tv.head.regression_head, 1.0)]:
+        for name, head, target in [
+            ("cls_logits", tv.head.classification_head, 1.5),
+            ("bbox_regression", tv.head.regression_head, 1.0),
+        ]:
             factor = target / out[name].std()
             for conv in _last_convs(head):
                 conv.weight.mul_(factor)
@@ -54,7 +56,10 @@ def _calibrate_heads(tv: nn.Module, images: list[torch.Tensor]) -> None:
 
 def _sorted(det: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Detections by descending score, ties by label then box: equal scores may come in either order."""
-    keys = [(-s, lab, *box) for s, lab, box in zip(det["scores"].tolist(), det["labels"].tolist(), det["boxes"].tolist())]
+    keys = [
+        (-s, lab, *box)
+        for s, lab, box in zip(det["scores"].tolist(), det["labels"].tolist(), det["boxes"].tolist())
+    ]
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return {k: v[order] for k, v in det.items()}
 
@@ -76,7 +81,11 @@ def test_converted_model_matches_torchvision(builder):
     assert not model.training and model.arch == builder.__name__
 
     seen: dict = {}
-    hooks = [_capture(tv.backbone, seen, "tv_in"), _capture(tv.head, seen, "tv_out"), _capture(model, seen, "ours")]
+    hooks = [
+        _capture(tv.backbone, seen, "tv_in"),
+        _capture(tv.head, seen, "tv_out"),
+        _capture(model, seen, "ours"),
+    ]
     with torch.inference_mode():
         expected = tv(images)
         got = model.predict(images)
@@ -95,7 +104,9 @@ def test_converted_model_matches_torchvision(builder):
     h, w = model.image_size
     maps = [torch.empty(1, 1, fh, fw) for fh, fw in model.feature_sizes(model.image_size)]
     tv_boxes = tv.anchor_generator(ImageList(tv_input, [(h, w)] * len(images)), maps)[0]
-    torch.testing.assert_close(cxcywh_to_xyxy(model.priors) * torch.tensor([w, h, w, h]), tv_boxes, rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        cxcywh_to_xyxy(model.priors) * torch.tensor([w, h, w, h]), tv_boxes, rtol=0, atol=1e-4
+    )
     # ... and the same detections.
     for want, have in zip(expected, got):
         want, have = _sorted(want), _sorted(have)
@@ -108,14 +119,26 @@ def test_converted_model_matches_torchvision(builder):
 def test_settings_are_torchvisions():
     with torch.device("meta"):
         vgg = from_torchvision(ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3))
-        lite = from_torchvision(ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5))
+        lite = from_torchvision(
+            ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)
+        )
     assert vgg.num_classes == 3 and len(vgg.priors) == 8732 and vgg.clip == "wh"
     assert vgg.mean == (0.48235, 0.45882, 0.40784) and vgg.std == pytest.approx((1 / 255,) * 3)
-    assert (vgg.score_threshold, vgg.nms_threshold, vgg.candidates_per_class, vgg.max_detections) == (0.01, 0.45, 400, 200)
+    assert (vgg.score_threshold, vgg.nms_threshold, vgg.candidates_per_class, vgg.max_detections) == (
+        0.01,
+        0.45,
+        400,
+        200,
+    )
     assert vgg.scales == [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05] and vgg.steps == [8, 16, 32, 64, 100, 300]
     assert lite.num_classes == 5 and len(lite.priors) == 3234 and lite.steps is None
     assert lite.scales == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0])
-    assert (lite.score_threshold, lite.nms_threshold, lite.candidates_per_class, lite.max_detections) == (0.001, 0.55, 300, 300)
+    assert (lite.score_threshold, lite.nms_threshold, lite.candidates_per_class, lite.max_detections) == (
+        0.001,
+        0.55,
+        300,
+        300,
+    )
     assert lite.mean == (0.5, 0.5, 0.5) and lite.arch_args["reduced_tail"] is True
     assert lite.variances == vgg.variances == (0.1, 0.2)
     assert not vgg.antialias and not lite.antialias and build_model("ssd_small", 3).antialias

@@ -70,12 +70,16 @@ def test_each_setting(kwargs, expected):
 
 def test_boxes_clipped_to_each_image_in_its_pixels():
     deltas = torch.zeros(2, 3, 4)
-    deltas[:, 2] = torch.tensor([0.0, 0.0, 5 * math.log(3.0), 0.0])  # prior 2 three times wider: x in [0, 1.5]
+    deltas[:, 2] = torch.tensor(
+        [0.0, 0.0, 5 * math.log(3.0), 0.0]
+    )  # prior 2 three times wider: x in [0, 1.5]
     logits = PROBS.log()[None].repeat(2, 1, 1)
     first, second = postprocess(logits, deltas, PRIORS, [(200, 400), (50, 60)])
     torch.testing.assert_close(first["boxes"][2], torch.tensor([0.0, 100.0, 400.0, 200.0]))
-    torch.testing.assert_close(second["boxes"], torch.tensor([[0.0, 0.0, 30.0, 25.0], [0.0, 0.0, 30.0, 25.0],
-                                                              [0.0, 25.0, 60.0, 50.0]]))
+    torch.testing.assert_close(
+        second["boxes"],
+        torch.tensor([[0.0, 0.0, 30.0, 25.0], [0.0, 0.0, 30.0, 25.0], [0.0, 25.0, 60.0, 50.0]]),
+    )
     # image_sizes may be a tensor too.
     again = postprocess(logits, deltas, PRIORS, torch.tensor([[200, 400], [50, 60]]))
     torch.testing.assert_close(again[1]["boxes"], second["boxes"])
@@ -93,8 +97,9 @@ def test_background_never_returned_and_empty_images_have_the_right_shapes():
     assert empty["boxes"].dtype == torch.float32 and empty["labels"].dtype == torch.int64
     assert (dets[1]["labels"] > 0).all() and len(dets[1]["labels"]) > 0  # uniform scores 1/3: no background
     assert dets[2]["labels"].tolist() == [2]
-    none_at_all = postprocess(torch.zeros(2, 3, 3), torch.zeros(2, 3, 4), PRIORS, [(10, 10)] * 2,
-                              score_threshold=0.5)
+    none_at_all = postprocess(
+        torch.zeros(2, 3, 3), torch.zeros(2, 3, 4), PRIORS, [(10, 10)] * 2, score_threshold=0.5
+    )
     assert all(d["boxes"].shape == (0, 4) for d in none_at_all)
 
 
@@ -106,7 +111,7 @@ def test_batch_equals_one_image_at_a_time(rng):
     kwargs = dict(score_threshold=0.05, candidates_per_class=30, max_detections=25)
     batched = postprocess(logits, deltas, priors, sizes, **kwargs)
     for b in range(3):
-        alone = postprocess(logits[b:b + 1], deltas[b:b + 1], priors, sizes[b:b + 1], **kwargs)[0]
+        alone = postprocess(logits[b : b + 1], deltas[b : b + 1], priors, sizes[b : b + 1], **kwargs)[0]
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(batched[b][key], alone[key])
         assert 0 < len(alone["scores"]) <= 25
@@ -138,16 +143,22 @@ def test_many_groups_do_not_cost_nms_precision():
 def test_agrees_with_torchvision_postprocess_detections(settings, torchvision_ssd300, rng):
     model = torchvision_ssd300.eval()
     model.score_thresh, model.nms_thresh = settings["score_threshold"], settings["nms_threshold"]
-    model.topk_candidates, model.detections_per_img = settings["candidates_per_class"], settings["max_detections"]
+    model.topk_candidates, model.detections_per_img = (
+        settings["candidates_per_class"],
+        settings["max_detections"],
+    )
     priors = default_boxes(**TORCHVISION_SSD300, clip="wh")
     batch = 2
     logits = torch.randn(batch, len(priors), 21, generator=rng) * 2
     deltas = torch.randn(batch, len(priors), 4, generator=rng)
     sizes = TORCHVISION_SSD300["feature_sizes"]
-    anchors = model.anchor_generator(ImageList(torch.zeros(batch, 3, 300, 300), [(300, 300)] * batch),
-                                     [torch.zeros(batch, 1, s, s) for s in sizes])
-    theirs = model.postprocess_detections({"cls_logits": logits, "bbox_regression": deltas}, anchors,
-                                          [(300, 300)] * batch)
+    anchors = model.anchor_generator(
+        ImageList(torch.zeros(batch, 3, 300, 300), [(300, 300)] * batch),
+        [torch.zeros(batch, 1, s, s) for s in sizes],
+    )
+    theirs = model.postprocess_detections(
+        {"cls_logits": logits, "bbox_regression": deltas}, anchors, [(300, 300)] * batch
+    )
     # torchvision then rescales from the 300 x 300 input to each original image size.
     originals = [(375, 500), (300, 200)]
     theirs_original = model.transform.postprocess([dict(d) for d in theirs], [(300, 300)] * batch, originals)
@@ -187,20 +198,28 @@ def _random_groups(rng, num_groups, max_size, dtype=torch.float32):
     centres = torch.rand(n, 2, generator=rng, dtype=dtype) * 60
     sizes = 5 + torch.rand(n, 2, generator=rng, dtype=dtype) * 20
     clustered = torch.rand(n, 1, generator=rng) < 0.5  # around a few grid points, of similar sizes
-    centres = torch.where(clustered, centres.round(decimals=-1) + torch.randn(n, 2, generator=rng, dtype=dtype), centres)
+    centres = torch.where(
+        clustered, centres.round(decimals=-1) + torch.randn(n, 2, generator=rng, dtype=dtype), centres
+    )
     sizes = torch.where(clustered, 12 + torch.randn(n, 2, generator=rng, dtype=dtype), sizes)
     boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], 1)
     scores = torch.rand(n, generator=rng, dtype=dtype)
     scores[torch.rand(n, generator=rng) < 0.1] = 0.5  # equal scores: the given order decides
     starts = torch.cumsum(counts, 0) - counts
-    order = torch.cat([s + torch.sort(scores[s:s + c], descending=True, stable=True).indices
-                       for s, c in zip(starts.tolist(), counts.tolist())])
+    order = torch.cat(
+        [
+            s + torch.sort(scores[s : s + c], descending=True, stable=True).indices
+            for s, c in zip(starts.tolist(), counts.tolist())
+        ]
+    )
     boxes[2] = boxes[1]  # identical boxes (IoU 1)
     return boxes[order], scores[order], counts
 
 
-@pytest.mark.parametrize(("seed", "threshold", "dtype"),
-                         [(0, 0.45, torch.float32), (1, 0.3, torch.float32), (2, 0.7, torch.float64), (3, 0.5, torch.float32)])
+@pytest.mark.parametrize(
+    ("seed", "threshold", "dtype"),
+    [(0, 0.45, torch.float32), (1, 0.3, torch.float32), (2, 0.7, torch.float64), (3, 0.5, torch.float32)],
+)
 def test_nms_sorted_groups_equals_torchvision_nms_per_group(seed, threshold, dtype, monkeypatch):
     rng = torch.Generator().manual_seed(seed)
     boxes, scores, counts = _random_groups(rng, 40, 70, dtype)
@@ -210,7 +229,7 @@ def test_nms_sorted_groups_equals_torchvision_nms_per_group(seed, threshold, dty
     expected = torch.zeros(len(boxes), dtype=torch.bool)
     start = 0
     for c in counts.tolist():  # the reference: torchvision's kernel one group at a time
-        expected[start + nms(boxes[start:start + c], scores[start:start + c], threshold)] = True
+        expected[start + nms(boxes[start : start + c], scores[start : start + c], threshold)] = True
         start += c
     assert torch.equal(keep, expected)
     assert 0 < int(keep.sum()) < len(boxes) * 0.97  # NMS did suppress, and kept
@@ -227,7 +246,9 @@ def test_nms_threshold_is_strict_and_exact():
     for threshold in (iou, float(torch.tensor(iou, dtype=torch.float32)), math.nextafter(iou, 0), 0.3):
         expected = torch.zeros(2, dtype=torch.bool)
         expected[nms(boxes, scores, threshold)] = True
-        assert torch.equal(nms_sorted_groups(boxes, scores, torch.tensor([2]), threshold), expected), threshold
+        assert torch.equal(nms_sorted_groups(boxes, scores, torch.tensor([2]), threshold), expected), (
+            threshold
+        )
     assert nms_sorted_groups(boxes, scores, torch.tensor([2]), 0.3).tolist() == [True, False]
     assert nms_sorted_groups(boxes, scores, torch.tensor([1, 1]), 0.3).tolist() == [True, True]  # other group
     assert nms_sorted_groups(boxes[:0], scores[:0], torch.tensor([0, 0]), 0.3).shape == (0,)
@@ -278,13 +299,22 @@ def test_nms_sorted_groups_any_buckets_equal_torchvision_nms(bucket_cost, rng, m
     expected = torch.zeros(len(boxes), dtype=torch.bool)
     start = 0
     for c in counts.tolist():
-        expected[start + nms(boxes[start:start + c], scores[start:start + c], 0.45)] = True
+        expected[start + nms(boxes[start : start + c], scores[start : start + c], 0.45)] = True
         start += c
     assert torch.equal(nms_sorted_groups(boxes, scores, counts, 0.45), expected)
 
 
-def _reference_postprocess(cls_logits, box_deltas, priors, image_sizes, *, score_threshold, nms_threshold,
-                           candidates_per_class, max_detections):
+def _reference_postprocess(
+    cls_logits,
+    box_deltas,
+    priors,
+    image_sizes,
+    *,
+    score_threshold,
+    nms_threshold,
+    candidates_per_class,
+    max_detections,
+):
     """The documented rule, one image and one class at a time: scores above the threshold, the best
     candidates_per_class by (descending score, prior), torchvision's nms in that order, then the best
     max_detections by (descending score, label, prior)."""
@@ -296,14 +326,23 @@ def _reference_postprocess(cls_logits, box_deltas, priors, image_sizes, *, score
         found = []  # (score, label, prior)
         for label in range(1, logits.shape[1]):
             prior = (probs[:, label] > score_threshold).nonzero().squeeze(1)
-            prior = prior[torch.argsort(probs[prior, label], descending=True, stable=True)][:candidates_per_class]
+            prior = prior[torch.argsort(probs[prior, label], descending=True, stable=True)][
+                :candidates_per_class
+            ]
             order = -torch.arange(len(prior), dtype=boxes.dtype)  # nms in exactly this order
-            found += [(probs[i, label].item(), label, i)
-                      for i in prior[nms(boxes[prior], order, nms_threshold)].tolist()]
+            found += [
+                (probs[i, label].item(), label, i)
+                for i in prior[nms(boxes[prior], order, nms_threshold)].tolist()
+            ]
         found = sorted(found, key=lambda f: (-f[0], f[1], f[2]))[:max_detections]
         prior = torch.tensor([f[2] for f in found], dtype=torch.int64)
-        results.append({"boxes": boxes[prior].reshape(-1, 4), "labels": torch.tensor([f[1] for f in found]),
-                        "scores": probs[prior, [f[1] for f in found]]})
+        results.append(
+            {
+                "boxes": boxes[prior].reshape(-1, 4),
+                "labels": torch.tensor([f[1] for f in found]),
+                "scores": probs[prior, [f[1] for f in found]],
+            }
+        )
     return results
 
 
@@ -314,8 +353,9 @@ def test_rounds_equal_reference_ties_and_heavy_suppression_included(first_round,
     # scores, also where a round cuts): NMS must often run more than once, and the result must not change.
     monkeypatch.setattr(postprocess_module, "_FIRST_ROUND", first_round)
     rounds = []
-    monkeypatch.setattr(postprocess_module, "nms_sorted_groups",
-                        lambda *args: rounds.append(1) or nms_sorted_groups(*args))
+    monkeypatch.setattr(
+        postprocess_module, "nms_sorted_groups", lambda *args: rounds.append(1) or nms_sorted_groups(*args)
+    )
     priors = default_boxes([6, 3, 1], [[2], [2, 3], [2]])
     batch, num_classes = 4, 5
     logits = (torch.randn(batch, len(priors), num_classes, generator=rng) * 1.5).round()
@@ -325,12 +365,17 @@ def test_rounds_equal_reference_ties_and_heavy_suppression_included(first_round,
         cluster = slice(0, 20 + 20 * b)
         logits[b, cluster, 1 + b % (num_classes - 1)] += 6.0
         target = torch.tensor([[0.1, 0.1, 0.4, 0.5]]) + 0.1 * b
-        deltas[b, cluster] = encode(target, priors[cluster]) + torch.randn(20 + 20 * b, 4, generator=rng) * 0.01
+        deltas[b, cluster] = (
+            encode(target, priors[cluster]) + torch.randn(20 + 20 * b, 4, generator=rng) * 0.01
+        )
     logits, deltas = logits.to(dtype), deltas.to(dtype)
     sizes = [(300, 300), (120, 200), (64, 48), (300, 500)]
     calls_before = 0
-    for settings in (dict(max_detections=4, candidates_per_class=50), dict(max_detections=10),
-                     dict(max_detections=3, candidates_per_class=5, nms_threshold=0.3, score_threshold=0.05)):
+    for settings in (
+        dict(max_detections=4, candidates_per_class=50),
+        dict(max_detections=10),
+        dict(max_detections=3, candidates_per_class=5, nms_threshold=0.3, score_threshold=0.05),
+    ):
         settings = dict(dict(score_threshold=0.01, nms_threshold=0.45, candidates_per_class=400), **settings)
         ours = postprocess(logits, deltas, priors, sizes, **settings)
         reference = _reference_postprocess(logits, deltas, priors, sizes, **settings)

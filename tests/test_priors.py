@@ -35,10 +35,20 @@ def test_golden_two_layers_sizes_2_and_1():
     assert got.shape == (18, 4)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
     # The same numbers written out, for the record.
-    torch.testing.assert_close(got[:4, 2:], torch.tensor([[0.2, 0.2], [0.4242640687, 0.4242640687],
-                                                          [0.2828427125, 0.1414213562],
-                                                          [0.1414213562, 0.2828427125]], dtype=torch.float64),
-                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(
+        got[:4, 2:],
+        torch.tensor(
+            [
+                [0.2, 0.2],
+                [0.4242640687, 0.4242640687],
+                [0.2828427125, 0.1414213562],
+                [0.1414213562, 0.2828427125],
+            ],
+            dtype=torch.float64,
+        ),
+        rtol=0,
+        atol=1e-10,
+    )
 
 
 def test_seed_scale_formula():
@@ -49,33 +59,44 @@ def test_seed_scale_formula():
     boxes = default_boxes([1] * 6, [[]] * 6, clip=None, dtype=torch.float64)  # two squares per layer
     s = ssd_scales(6)
     torch.testing.assert_close(boxes[0::2, 2], torch.tensor(s[:6], dtype=torch.float64))
-    torch.testing.assert_close(boxes[1::2, 2], torch.tensor([math.sqrt(a * b) for a, b in zip(s, s[1:])],
-                                                             dtype=torch.float64))
+    torch.testing.assert_close(
+        boxes[1::2, 2], torch.tensor([math.sqrt(a * b) for a, b in zip(s, s[1:])], dtype=torch.float64)
+    )
     assert scales_from_sizes([30, 60], 90, 300) == pytest.approx([0.1, 0.2, 0.3])
 
 
 def test_order_inside_a_cell_with_two_ratios():
     boxes = default_boxes([1], [[2, 3]], scales=[0.4, 0.9], clip=None, dtype=torch.float64)
     r2, r3 = math.sqrt(2), math.sqrt(3)
-    expected_wh = [(0.4, 0.4), (0.6, 0.6), (0.4 * r2, 0.4 / r2), (0.4 / r2, 0.4 * r2),
-                   (0.4 * r3, 0.4 / r3), (0.4 / r3, 0.4 * r3)]
+    expected_wh = [
+        (0.4, 0.4),
+        (0.6, 0.6),
+        (0.4 * r2, 0.4 / r2),
+        (0.4 / r2, 0.4 * r2),
+        (0.4 * r3, 0.4 / r3),
+        (0.4 / r3, 0.4 * r3),
+    ]
     torch.testing.assert_close(boxes[:, 2:], torch.tensor(expected_wh, dtype=torch.float64))
     assert (boxes[:, :2] == 0.5).all()
 
 
 def test_rectangular_maps_and_steps_place_centres_row_major():
-    with_steps = default_boxes([(2, 3)], [[]], image_size=(200, 300), steps=[100], scales=[0.1, 0.1],
-                               clip=None, dtype=torch.float64)
+    with_steps = default_boxes(
+        [(2, 3)], [[]], image_size=(200, 300), steps=[100], scales=[0.1, 0.1], clip=None, dtype=torch.float64
+    )
     without = default_boxes([(2, 3)], [[]], scales=[0.1, 0.1], clip=None, dtype=torch.float64)
     xs, ys = [1 / 6, 0.5, 5 / 6], [0.25, 0.75]
     centres = torch.tensor([(x, y) for y in ys for x in xs for _ in range(2)], dtype=torch.float64)
     torch.testing.assert_close(with_steps[:, :2], centres)
     torch.testing.assert_close(without[:, :2], centres)
     # Steps that do not tile the image: (j + 0.5) * step / size, here x = 40 / 100, 120 / 100.
-    stepped = default_boxes([2], [[]], image_size=100, steps=[(30, 80)], scales=[0.1, 0.1], clip=None,
-                            dtype=torch.float64)
-    torch.testing.assert_close(stepped[::2, :2], torch.tensor([[0.4, 0.15], [1.2, 0.15], [0.4, 0.45], [1.2, 0.45]],
-                                                               dtype=torch.float64))
+    stepped = default_boxes(
+        [2], [[]], image_size=100, steps=[(30, 80)], scales=[0.1, 0.1], clip=None, dtype=torch.float64
+    )
+    torch.testing.assert_close(
+        stepped[::2, :2],
+        torch.tensor([[0.4, 0.15], [1.2, 0.15], [0.4, 0.45], [1.2, 0.45]], dtype=torch.float64),
+    )
 
 
 # A 2 x 2 map at image 100 with step 80: centres 0.4 and 1.2; scales 0.8 and the extra box sqrt(0.8 * 1.8) = 1.2.
@@ -91,9 +112,13 @@ CLIP_CASES = {
 
 @pytest.mark.parametrize("clip", list(CLIP_CASES))
 def test_every_clip_mode_by_hand(clip):
-    boxes = default_boxes([2], [[]], image_size=100, steps=[80], scales=[0.8, 1.8], clip=clip, dtype=torch.float64)
+    boxes = default_boxes(
+        [2], [[]], image_size=100, steps=[80], scales=[0.8, 1.8], clip=clip, dtype=torch.float64
+    )
     assert boxes.shape == (8, 4)
-    torch.testing.assert_close(boxes[2:4], torch.tensor(CLIP_CASES[clip], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        boxes[2:4], torch.tensor(CLIP_CASES[clip], dtype=torch.float64), rtol=0, atol=1e-12
+    )
 
 
 def test_clip_modes_on_ssd300():
@@ -144,7 +169,9 @@ def _torchvision_boxes(generator: DefaultBoxGenerator, feature_sizes, image_size
 def _in_pixels_like_torchvision(priors: torch.Tensor, image_size) -> torch.Tensor:
     """The same float32 operations torchvision applies to its relative boxes."""
     xy = torch.tensor([image_size[1], image_size[0]])
-    return torch.cat([(priors[:, :2] - 0.5 * priors[:, 2:]) * xy, (priors[:, :2] + 0.5 * priors[:, 2:]) * xy], -1)
+    return torch.cat(
+        [(priors[:, :2] - 0.5 * priors[:, 2:]) * xy, (priors[:, :2] + 0.5 * priors[:, 2:]) * xy], -1
+    )
 
 
 def test_torchvision_ssd300_boxes_exactly():

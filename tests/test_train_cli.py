@@ -397,7 +397,9 @@ print(libc.mallinfo2().hblkhd)  # bytes in blocks mapped on their own, handed ba
 )
 def test_the_command_keeps_freed_memory_for_reuse():
     def mapped(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", _MAPPED_BYTES, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _MAPPED_BYTES, mode], capture_output=True, text=True, check=True
+        )
         return int(out.stdout)
 
     assert mapped("default") >= 64 << 20  # glibc maps a 64 MB block by itself (and unmaps it when freed)

@@ -22,17 +22,32 @@ ROWS = ("loss", "post", "predict", "train", "data", "coco")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} (default: all)")
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)} (default: all)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: per row, 2 to 11)")
-    parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file to update (default: docs/benchmarks.md)")
-    parser.add_argument("--no-write", action="store_true", help="print the table without writing the markdown file")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="time both sides with the malloc setting the other singleshot commands use "
-                        "(freed memory kept for reuse); default: a default process, as a script calling "
-                        "either library")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's, one per core); 1 is steadier on a busy machine")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per row (default: per row, 2 to 11)"
+    )
+    parser.add_argument(
+        "--out", default="docs/benchmarks.md", help="markdown file to update (default: docs/benchmarks.md)"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the table without writing the markdown file"
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="time both sides with the malloc setting the other singleshot commands use "
+        "(freed memory kept for reuse); default: a default process, as a script calling "
+        "either library",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core); 1 is steadier on a busy machine",
+    )
 
 
 def _train_seconds_per_image(rows) -> float | None:

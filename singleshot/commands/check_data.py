@@ -18,23 +18,40 @@ exit status: 0 when no errors were found (warnings allowed), 1 otherwise.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="PATH", help="data set folder or annotation file")
-    parser.add_argument("--format", choices=["voc", "coco", "yolo"], default=None,
-                        help="data format (default: detected from PATH)")
+    parser.add_argument(
+        "--format",
+        choices=["voc", "coco", "yolo"],
+        default=None,
+        help="data format (default: detected from PATH)",
+    )
     parser.add_argument("--split", default=None, help="check only this split (default: every split)")
-    parser.add_argument("--classes", default=None, metavar="FILE",
-                        help="class names, one per line (default: from the data)")
-    parser.add_argument("--exif", choices=["auto", "upright", "stored"], default="auto",
-                        help="how EXIF orientation relates to the boxes (default: auto, see docs/data.md)")
+    parser.add_argument(
+        "--classes", default=None, metavar="FILE", help="class names, one per line (default: from the data)"
+    )
+    parser.add_argument(
+        "--exif",
+        choices=["auto", "upright", "stored"],
+        default="auto",
+        help="how EXIF orientation relates to the boxes (default: auto, see docs/data.md)",
+    )
     parser.add_argument("--no-decode", action="store_true", help="read image headers only (faster)")
-    parser.add_argument("--max-shown", type=int, default=0, metavar="N",
-                        help="print at most N problems (default: all)")
+    parser.add_argument(
+        "--max-shown", type=int, default=0, metavar="N", help="print at most N problems (default: all)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from singleshot.data.check import check_data
 
-    report = check_data(args.data, args.format, args.split, args.classes, decode=not args.no_decode,
-                        exif=args.exif, progress=sys.stderr.isatty())
+    report = check_data(
+        args.data,
+        args.format,
+        args.split,
+        args.classes,
+        decode=not args.no_decode,
+        exif=args.exif,
+        progress=sys.stderr.isatty(),
+    )
     shown = report.problems if args.max_shown <= 0 else report.problems[: args.max_shown]
     for p in shown:
         print(f"{p.severity}: {p}")
@@ -43,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     splits = "; ".join(f"{name}: {n} images, {m} objects" for name, (n, m) in report.splits.items())
     errors, warnings = len(report.errors), len(report.warnings)
     print(f"{report.path} ({report.format.upper()}) {splits or 'nothing readable'}")
-    print(f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
-          + ("" if errors else ": the data is usable."))
+    print(
+        f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
+        + ("" if errors else ": the data is usable.")
+    )
     return 1 if errors else 0

@@ -52,15 +52,34 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by 'singleshot train'")
     parser.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or directories")
-    parser.add_argument("--out", metavar="DIR", default="detections",
-                        help="directory for the annotated images and detections.json (default: detections)")
-    parser.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
-                        help="keep detections scoring above this (default: 0.3)")
-    parser.add_argument("--recursive", "-r", action="store_true", help="also scan subdirectories of directories")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default: 8)")
-    parser.add_argument("--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: auto: cuda if available)")
-    parser.add_argument("--no-draw", dest="draw", action="store_false",
-                        help="write detections.json only, no annotated images")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default="detections",
+        help="directory for the annotated images and detections.json (default: detections)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        metavar="T",
+        help="keep detections scoring above this (default: 0.3)",
+    )
+    parser.add_argument(
+        "--recursive", "-r", action="store_true", help="also scan subdirectories of directories"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default: 8)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto, cpu, cuda or cuda:N (default: auto: cuda if available)",
+    )
+    parser.add_argument(
+        "--no-draw", dest="draw", action="store_false", help="write detections.json only, no annotated images"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,8 +100,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def find_images(inputs: list[str], recursive: bool = False,
-                skip: Path | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_images(
+    inputs: list[str], recursive: bool = False, skip: Path | None = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """The image files to process, in command-line order (directories sorted), and the failed inputs.
 
     A recursive scan does not enter ``skip`` (the output directory, so that a second run does not
@@ -156,8 +176,9 @@ def _make_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the output directory {out} ({exc.strerror or exc}); "
-                        "choose another --out.") from None
+        raise UserError(
+            f"cannot create the output directory {out} ({exc.strerror or exc}); choose another --out."
+        ) from None
     if not os.access(out, os.W_OK):
         raise UserError(f"cannot write into the output directory {out}; choose another --out.")
 
@@ -165,21 +186,26 @@ def _make_out_dir(out: Path) -> None:
 def _detections_json(det: dict, class_names: list[str]) -> list[dict]:
     rows = []
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        rows.append({
-            "box": [round(v, 2) for v in box],
-            "score": round(score, 5),
-            "label": int(label),
-            "class": class_names[label - 1] if 1 <= label <= len(class_names) else f"class{label}",
-        })
+        rows.append(
+            {
+                "box": [round(v, 2) for v in box],
+                "score": round(score, 5),
+                "label": int(label),
+                "class": class_names[label - 1] if 1 <= label <= len(class_names) else f"class{label}",
+            }
+        )
     return rows
 
 
 def format_json(value, indent: int = 0) -> str:
     """JSON, indented, but with every "flat" value (scalars, lists of scalars, dicts of those) on one
     line: one line per detection."""
+
     def flat(v) -> bool:
         if isinstance(v, dict):
-            return all(not isinstance(x, (dict, list)) or (isinstance(x, list) and flat(x)) for x in v.values())
+            return all(
+                not isinstance(x, (dict, list)) or (isinstance(x, list) and flat(x)) for x in v.values()
+            )
         if isinstance(v, list):
             return all(not isinstance(x, (dict, list)) for x in v)
         return True
@@ -220,8 +246,8 @@ def _loaded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor
     starts = range(0, len(files), batch_size)
     pending = None
     for start in starts:
-        current = pending or [pool.submit(_load, f) for f in files[start:start + batch_size]]
-        following = files[start + batch_size:start + 2 * batch_size]
+        current = pending or [pool.submit(_load, f) for f in files[start : start + batch_size]]
+        following = files[start + batch_size : start + 2 * batch_size]
         pending = [pool.submit(_load, f) for f in following] if following else None
         yield [future.result() for future in current]
 
@@ -269,8 +295,9 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(files), unit="image", desc="detect", disable=None)
     # Threads decode the next batch and encode the annotated pictures while the model runs.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for start, loaded in zip(range(0, len(files), args.batch_size),
-                                 _loaded_batches(files, args.batch_size, pool)):
+        for start, loaded in zip(
+            range(0, len(files), args.batch_size), _loaded_batches(files, args.batch_size, pool)
+        ):
             batch = []
             for file, name, (image, error) in zip(files[start:], names[start:], loaded):
                 if image is None:
@@ -286,24 +313,36 @@ def run(args: argparse.Namespace) -> int:
             for (file, name, image), det in zip(batch, detections):
                 det = {k: v.cpu() for k, v in det.items()}
                 if args.draw:
-                    saves.append(pool.submit(_draw_and_save, image, det, class_names, args.score_threshold,
-                                             out / name))
-                results.append({"file": str(file), "output": name if args.draw else None,
-                                "width": int(image.shape[-1]), "height": int(image.shape[-2]),
-                                "detections": _detections_json(det, class_names)})
+                    saves.append(
+                        pool.submit(_draw_and_save, image, det, class_names, args.score_threshold, out / name)
+                    )
+                results.append(
+                    {
+                        "file": str(file),
+                        "output": name if args.draw else None,
+                        "width": int(image.shape[-1]),
+                        "height": int(image.shape[-2]),
+                        "detections": _detections_json(det, class_names),
+                    }
+                )
                 bar.update(1)
         for future in saves:
             future.result()
     bar.close()
 
-    _write_json(out / JSON_NAME, {
-        "checkpoint": str(args.checkpoint),
-        "class_names": class_names,
-        "score_threshold": args.score_threshold,
-        "images": results,
-        "failed": [{"file": name, "error": reason} for name, reason in failures],
-    })
+    _write_json(
+        out / JSON_NAME,
+        {
+            "checkpoint": str(args.checkpoint),
+            "class_names": class_names,
+            "score_threshold": args.score_threshold,
+            "images": results,
+            "failed": [{"file": name, "error": reason} for name, reason in failures],
+        },
+    )
     found = sum(len(r["detections"]) for r in results)
-    failed = f"; {len(failures)} input{'s' if len(failures) > 1 else ''} failed (named above)" if failures else ""
+    failed = (
+        f"; {len(failures)} input{'s' if len(failures) > 1 else ''} failed (named above)" if failures else ""
+    )
     print(f"{len(results)} images, {found} detections -> {out / JSON_NAME}{failed}")
     return 1 if failures else 0

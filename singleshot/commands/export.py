@@ -24,18 +24,42 @@ Needs onnx and onnxscript: pip install 'singleshot[export]'.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by 'singleshot train'")
     parser.add_argument("--out", metavar="FILE", help="the .onnx file to write (default: CKPT with .onnx)")
-    parser.add_argument("--opset", type=int, default=None, metavar="N",
-                        help="ONNX opset, 17 or newer (default: 18)")
-    parser.add_argument("--no-dynamic-batch", dest="dynamic_batch", action="store_false",
-                        help="fix the batch size at 1 (default: any batch size)")
-    parser.add_argument("--no-nms", dest="nms", action="store_false",
-                        help="stop before NMS: outputs boxes [batch, P, 4] and softmax scores [batch, P, C]")
-    parser.add_argument("--score-threshold", type=float, default=None, metavar="T",
-                        help="keep scores above this (default: the model's, 0.01 for SSD)")
-    parser.add_argument("--nms-threshold", type=float, default=None, metavar="T",
-                        help="IoU above which NMS suppresses a box of the same class (default: the model's)")
-    parser.add_argument("--max-detections", type=int, default=None, metavar="N",
-                        help="at most this many detections per image (default: the model's)")
+    parser.add_argument(
+        "--opset", type=int, default=None, metavar="N", help="ONNX opset, 17 or newer (default: 18)"
+    )
+    parser.add_argument(
+        "--no-dynamic-batch",
+        dest="dynamic_batch",
+        action="store_false",
+        help="fix the batch size at 1 (default: any batch size)",
+    )
+    parser.add_argument(
+        "--no-nms",
+        dest="nms",
+        action="store_false",
+        help="stop before NMS: outputs boxes [batch, P, 4] and softmax scores [batch, P, C]",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="keep scores above this (default: the model's, 0.01 for SSD)",
+    )
+    parser.add_argument(
+        "--nms-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="IoU above which NMS suppresses a box of the same class (default: the model's)",
+    )
+    parser.add_argument(
+        "--max-detections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most this many detections per image (default: the model's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +74,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is the checkpoint itself; give a .onnx file name.")
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     model = load_checkpoint(checkpoint, map_location="cpu")
-    export_onnx(model, out, opset=opset, dynamic_batch=args.dynamic_batch, postprocess=args.nms,
-                score_threshold=args.score_threshold, nms_threshold=args.nms_threshold,
-                max_detections=args.max_detections)
+    export_onnx(
+        model,
+        out,
+        opset=opset,
+        dynamic_batch=args.dynamic_batch,
+        postprocess=args.nms,
+        score_threshold=args.score_threshold,
+        nms_threshold=args.nms_threshold,
+        max_detections=args.max_detections,
+    )
 
     height, width = model.image_size
     batch = "batch" if args.dynamic_batch else "1"

@@ -18,7 +18,10 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--num-classes", type=int, default=21, metavar="C",
+        "--num-classes",
+        type=int,
+        default=21,
+        metavar="C",
         help="classes including background, for the parameter and FLOP counts (default: 21)",
     )
 
@@ -31,21 +34,25 @@ def run(args: argparse.Namespace) -> int:
     from singleshot.models.zoo import DEFAULT_MODEL, build_model, list_models, model_summary
 
     if args.num_classes < 2:
-        raise UserError(f"--num-classes must be at least 2 (background and one class), got {args.num_classes}")
+        raise UserError(
+            f"--num-classes must be at least 2 (background and one class), got {args.num_classes}"
+        )
     header = ("model", "input", "boxes", "params", "GFLOPs", "description")
     rows = []
     for name in list_models():
         with torch.device("meta"):
             model = build_model(name, args.num_classes)
         h, w = model.image_size
-        rows.append((
-            name + (" *" if name == DEFAULT_MODEL else ""),
-            f"{h}x{w}",
-            str(len(model.priors)),
-            f"{count_parameters(model) / 1e6:.2f} M",
-            f"{count_flops(model) / 1e9:.2f}",
-            model_summary(name),
-        ))
+        rows.append(
+            (
+                name + (" *" if name == DEFAULT_MODEL else ""),
+                f"{h}x{w}",
+                str(len(model.priors)),
+                f"{count_parameters(model) / 1e6:.2f} M",
+                f"{count_flops(model) / 1e9:.2f}",
+                model_summary(name),
+            )
+        )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     right = {2, 3, 4}
     for row in [header, *rows]:

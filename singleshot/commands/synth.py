@@ -21,20 +21,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from singleshot.data.synth import DEFAULT_SPLITS, SHAPES
 
     parser.add_argument("out", metavar="OUT", help="folder to create")
-    parser.add_argument("--images", type=int, default=500, metavar="N", help="images in all splits (default: 500)")
-    parser.add_argument("--format", default="voc", choices=["voc", "coco", "yolo"], help="layout (default: voc)")
-    parser.add_argument("--image-size", default="300", metavar="S",
-                        help="image side S, or WxH (width x height) (default: 300)")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default: 0)")
-    parser.add_argument("--splits", default=DEFAULT_SPLITS,
-                        help=f"name=fraction pairs (default: {DEFAULT_SPLITS}; VOC also gets trainval)")
-    parser.add_argument("--classes", type=int, default=5, metavar="K",
-                        help=f"number of shape classes, 1..{len(SHAPES)}, from: {', '.join(SHAPES)} (default: 5)")
-    parser.add_argument("--min-size", type=float, default=0.08, help="smallest object, fraction of the image side "
-                        "(default: 0.08)")
-    parser.add_argument("--max-size", type=float, default=0.5, help="largest object, fraction of the image side "
-                        "(default: 0.5)")
-    parser.add_argument("--objects", default="1-5", metavar="MIN-MAX", help="objects per image (default: 1-5)")
+    parser.add_argument(
+        "--images", type=int, default=500, metavar="N", help="images in all splits (default: 500)"
+    )
+    parser.add_argument(
+        "--format", default="voc", choices=["voc", "coco", "yolo"], help="layout (default: voc)"
+    )
+    parser.add_argument(
+        "--image-size",
+        default="300",
+        metavar="S",
+        help="image side S, or WxH (width x height) (default: 300)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the same seed writes the same files (default: 0)"
+    )
+    parser.add_argument(
+        "--splits",
+        default=DEFAULT_SPLITS,
+        help=f"name=fraction pairs (default: {DEFAULT_SPLITS}; VOC also gets trainval)",
+    )
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=5,
+        metavar="K",
+        help=f"number of shape classes, 1..{len(SHAPES)}, from: {', '.join(SHAPES)} (default: 5)",
+    )
+    parser.add_argument(
+        "--min-size",
+        type=float,
+        default=0.08,
+        help="smallest object, fraction of the image side (default: 0.08)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=float,
+        default=0.5,
+        help="largest object, fraction of the image side (default: 0.5)",
+    )
+    parser.add_argument(
+        "--objects", default="1-5", metavar="MIN-MAX", help="objects per image (default: 1-5)"
+    )
     parser.add_argument("--clutter", type=float, default=0.5, help="background clutter, 0..1 (default: 0.5)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
@@ -44,7 +72,9 @@ def parse_image_size(text: str) -> tuple[int, int]:
     """``"300"`` -> (300, 300); ``"320x240"`` (width x height) -> (240, 320) as (height, width)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
     if not m:
-        raise UserError(f"--image-size {text!r} is malformed; give a side such as 300 or WxH such as 320x240.")
+        raise UserError(
+            f"--image-size {text!r} is malformed; give a side such as 300 or WxH such as 320x240."
+        )
     w = int(m.group(1))
     h = int(m.group(2)) if m.group(2) else w
     return h, w
@@ -62,12 +92,27 @@ def run(args: argparse.Namespace) -> int:
     from singleshot.data.synth import synthesize
 
     lo, hi = parse_range(args.objects)
-    summary = synthesize(args.out, args.images, format=args.format, image_size=parse_image_size(args.image_size),
-                         seed=args.seed, splits=args.splits, num_classes=args.classes, min_size=args.min_size,
-                         max_size=args.max_size, min_objects=lo, max_objects=hi, clutter=args.clutter,
-                         overwrite=args.overwrite, workers=args.workers, progress=True)
+    summary = synthesize(
+        args.out,
+        args.images,
+        format=args.format,
+        image_size=parse_image_size(args.image_size),
+        seed=args.seed,
+        splits=args.splits,
+        num_classes=args.classes,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        min_objects=lo,
+        max_objects=hi,
+        clutter=args.clutter,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=True,
+    )
     splits = ", ".join(f"{n} {c}" for n, c in summary.splits.items())
-    print(f"wrote {summary.num_images} images with {summary.num_objects} objects of {len(summary.class_names)} "
-          f"classes ({', '.join(summary.class_names)}) to {summary.path} in {summary.format.upper()} layout; "
-          f"splits: {splits}")
+    print(
+        f"wrote {summary.num_images} images with {summary.num_objects} objects of {len(summary.class_names)} "
+        f"classes ({', '.join(summary.class_names)}) to {summary.path} in {summary.format.upper()} layout; "
+        f"splits: {splits}"
+    )
     return 0

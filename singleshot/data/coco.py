@@ -37,8 +37,10 @@ def looks_like(path: Path, strict: bool = True) -> bool:
         return path.suffix.lower() == ".json"
     files = _annotation_files(path)
     if strict:
-        return any(f.parent.name == "annotations" or f.name == ROBOFLOW_FILE or f.stem.startswith("instances_")
-                   for f in files.values())
+        return any(
+            f.parent.name == "annotations" or f.name == ROBOFLOW_FILE or f.stem.startswith("instances_")
+            for f in files.values()
+        )
     return bool(files)
 
 
@@ -55,7 +57,7 @@ def _annotation_files(root: Path) -> dict[str, Path]:
         elif folder == root:
             files = [f for f in files if f.name != ROBOFLOW_FILE and f.stem not in ("data", "package")]
         for f in files:
-            found.setdefault(f.stem[len("instances_"):] if f.stem.startswith("instances_") else f.stem, f)
+            found.setdefault(f.stem[len("instances_") :] if f.stem.startswith("instances_") else f.stem, f)
     for child in sorted(root.iterdir()):
         if child.is_dir() and (child / ROBOFLOW_FILE).is_file():
             found.setdefault(child.name, child / ROBOFLOW_FILE)
@@ -78,15 +80,19 @@ def find_annotation_file(path: Path, split: str | None) -> Path:
     if split is None:
         if len(files) == 1:
             return next(iter(files.values()))
-        raise UserError(f"{path} holds several COCO annotation files ({', '.join(sorted(files))}); give --split.")
+        raise UserError(
+            f"{path} holds several COCO annotation files ({', '.join(sorted(files))}); give --split."
+        )
     if split not in files:
-        raise UserError(f"split {split!r} not found in {path}: expected annotations/instances_{split}.json "
-                        f"(splits here: {', '.join(sorted(files)) or 'none'}); give --split with one of them.")
+        raise UserError(
+            f"split {split!r} not found in {path}: expected annotations/instances_{split}.json "
+            f"(splits here: {', '.join(sorted(files)) or 'none'}); give --split with one of them."
+        )
     return files[split]
 
 
 def _image_dirs(json_path: Path, root: Path, split: str | None) -> list[Path]:
-    stem = json_path.stem[len("instances_"):] if json_path.stem.startswith("instances_") else json_path.stem
+    stem = json_path.stem[len("instances_") :] if json_path.stem.startswith("instances_") else json_path.stem
     dirs = [json_path.parent]
     for base in dict.fromkeys([root, json_path.parent.parent]):
         for name in dict.fromkeys([split, stem]):
@@ -109,8 +115,10 @@ def _pick_image_dir(json_path: Path, root: Path, split: str | None, file_names: 
             break
     if best is None:
         looked = ", ".join(str(d) for d in _image_dirs(json_path, root, split)[:4])
-        raise UserError(f"cannot find the images of {json_path} (e.g. {sample[0]}): looked in {looked}; put them "
-                        "in a folder named like the split beside annotations/.")
+        raise UserError(
+            f"cannot find the images of {json_path} (e.g. {sample[0]}): looked in {looked}; put them "
+            "in a folder named like the split beside annotations/."
+        )
     return best
 
 
@@ -130,11 +138,21 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     except json.JSONDecodeError as exc:
         return ReadResult([], list(classes or []), [Problem(file, f"malformed JSON ({exc})", drops="image")])
     except (OSError, UnicodeDecodeError) as exc:
-        return ReadResult([], list(classes or []), [Problem(file, f"cannot read the file ({exc})", drops="image")])
+        return ReadResult(
+            [], list(classes or []), [Problem(file, f"cannot read the file ({exc})", drops="image")]
+        )
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
-        return ReadResult([], list(classes or []), [Problem(
-            file, "not a COCO instances file: it needs lists 'images', 'annotations' and 'categories'",
-            drops="image")])
+        return ReadResult(
+            [],
+            list(classes or []),
+            [
+                Problem(
+                    file,
+                    "not a COCO instances file: it needs lists 'images', 'annotations' and 'categories'",
+                    drops="image",
+                )
+            ],
+        )
     annotations = data.get("annotations") or []
 
     # categories -> labels
@@ -142,12 +160,21 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     for k, c in enumerate(data["categories"]):
         cid, name = (c.get("id"), c.get("name")) if isinstance(c, dict) else (None, None)
         if not _is_int(cid) or not isinstance(name, str) or not name.strip():
-            problems.append(Problem(file, "category needs an integer 'id' and a 'name'", where=f"category {k + 1}"))
+            problems.append(
+                Problem(file, "category needs an integer 'id' and a 'name'", where=f"category {k + 1}")
+            )
         elif cid in cats:
-            problems.append(Problem(file, f"category id {cid} is used twice ({cats[cid]!r} and {name!r})",
-                                    where=f"category {k + 1}"))
+            problems.append(
+                Problem(
+                    file,
+                    f"category id {cid} is used twice ({cats[cid]!r} and {name!r})",
+                    where=f"category {k + 1}",
+                )
+            )
         elif name.strip() in cats.values():
-            problems.append(Problem(file, f"category name {name!r} is used twice", where=f"category id {cid}"))
+            problems.append(
+                Problem(file, f"category name {name!r} is used twice", where=f"category id {cid}")
+            )
         else:
             cats[cid] = name.strip()
     if classes is None:
@@ -169,32 +196,55 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         iid = im.get("id") if isinstance(im, dict) else None
         name = im.get("file_name") if isinstance(im, dict) else None
         if not _is_int(iid) or not isinstance(name, str) or not name:
-            problems.append(Problem(file, "image entry needs an integer 'id' and a 'file_name'",
-                                    where=f"image {k + 1}", drops="image"))
+            problems.append(
+                Problem(
+                    file,
+                    "image entry needs an integer 'id' and a 'file_name'",
+                    where=f"image {k + 1}",
+                    drops="image",
+                )
+            )
             continue
         if iid in images:
-            problems.append(Problem(file, f"image id {iid} is used twice ({images[iid]['file_name']} and {name}); "
-                                    "the second is left out", where=f"image {k + 1}", drops="image"))
+            problems.append(
+                Problem(
+                    file,
+                    f"image id {iid} is used twice ({images[iid]['file_name']} and {name}); "
+                    "the second is left out",
+                    where=f"image {k + 1}",
+                    drops="image",
+                )
+            )
             continue
         w, h = im.get("width"), im.get("height")
         ok = isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0
         images[iid] = {"file_name": name, "width": int(w) if ok else None, "height": int(h) if ok else None}
     if not images and not any(p.drops == "image" for p in problems):
-        problems.append(Problem(file, "the file lists no images" + (f" (split {split!r} is empty)" if split else "")))
+        problems.append(
+            Problem(file, "the file lists no images" + (f" (split {split!r} is empty)" if split else ""))
+        )
 
     # annotations
     per_image: dict[int, list] = {i: [] for i in images}
     seen_ann: set = set()
     for k, a in enumerate(annotations):
         if not isinstance(a, dict):
-            problems.append(Problem(file, "annotation is not an object", where=f"annotation {k + 1}", drops="object"))
+            problems.append(
+                Problem(file, "annotation is not an object", where=f"annotation {k + 1}", drops="object")
+            )
             continue
         aid = a.get("id")
         where = f"annotation id {aid}" if aid is not None else f"annotation {k + 1}"
         if aid is not None:
             if aid in seen_ann:
-                problems.append(Problem(file, f"annotation id {aid} is used twice; the repeat is left out",
-                                        where=f"annotation {k + 1}", drops="object"))
+                problems.append(
+                    Problem(
+                        file,
+                        f"annotation id {aid} is used twice; the repeat is left out",
+                        where=f"annotation {k + 1}",
+                        drops="object",
+                    )
+                )
                 continue
             seen_ann.add(aid)
         iid, cid = a.get("image_id"), a.get("category_id")
@@ -205,8 +255,9 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             problems.append(Problem(file, f"unknown category id {cid}", where=where, drops="object"))
             continue
         if cid not in label_of:
-            problems.append(Problem(file, f"category {cats[cid]!r} is not in the class list", where=where,
-                                    drops="object"))
+            problems.append(
+                Problem(file, f"category {cats[cid]!r} is not in the class list", where=where, drops="object")
+            )
             continue
         bbox = a.get("bbox")
         ok = isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
@@ -225,16 +276,28 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         name = im["file_name"]
         image_path = Path(name) if os.path.isabs(name) else image_dir / name
         if not (name in listing or image_path.is_file()):
-            problems.append(Problem(str(image_path), f"image file is missing (image id {iid} in {json_path.name})",
-                                    drops="image"))
+            problems.append(
+                Problem(
+                    str(image_path),
+                    f"image file is missing (image id {iid} in {json_path.name})",
+                    drops="image",
+                )
+            )
             continue
         objs = per_image[iid]
-        records.append(ImageRecord(
-            path=str(image_path), image_id=iid, name=name,
-            boxes=np.array([o[0] for o in objs], dtype=np.float32).reshape(-1, 4),
-            labels=np.array([o[1] for o in objs], dtype=np.int64),
-            iscrowd=np.array([o[2] for o in objs], dtype=bool),
-            width=im["width"], height=im["height"], source=file))
+        records.append(
+            ImageRecord(
+                path=str(image_path),
+                image_id=iid,
+                name=name,
+                boxes=np.array([o[0] for o in objs], dtype=np.float32).reshape(-1, 4),
+                labels=np.array([o[1] for o in objs], dtype=np.int64),
+                iscrowd=np.array([o[2] for o in objs], dtype=bool),
+                width=im["width"],
+                height=im["height"],
+                source=file,
+            )
+        )
     extra = {"coco_category_ids": list(cat_ids), "annotation_file": file}
     return ReadResult(records, class_names, problems, extra=extra)
 

@@ -121,10 +121,21 @@ class DetectionDataset(Dataset):
         exif: ``"auto"``, ``"upright"`` or ``"stored"`` (see :func:`singleshot.data.images.exif_transpose_for`).
     """
 
-    def __init__(self, records: list[ImageRecord], class_names: list[str], *, format: str = "", root: str = "",
-                 split: str | None = None, normalized: bool = False, problems: list[Problem] | None = None,
-                 transform=None, exif: str = "auto", coco_category_ids: list[int] | None = None,
-                 annotation_file: str | None = None):
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        class_names: list[str],
+        *,
+        format: str = "",
+        root: str = "",
+        split: str | None = None,
+        normalized: bool = False,
+        problems: list[Problem] | None = None,
+        transform=None,
+        exif: str = "auto",
+        coco_category_ids: list[int] | None = None,
+        annotation_file: str | None = None,
+    ):
         if exif not in EXIF_MODES:
             raise UserError(f"exif mode {exif!r} is not one of {', '.join(EXIF_MODES)}.")
         self.class_names = list(class_names)
@@ -144,15 +155,21 @@ class DetectionDataset(Dataset):
         self._paths = np.array([r.path for r in records], dtype=str)
         self._names = np.array([r.name for r in records], dtype=str)
         self._image_ids = np.array([r.image_id for r in records], dtype=np.int64)
-        self._sizes = np.array([[r.width or -1, r.height or -1] for r in records], dtype=np.int64).reshape(-1, 2)
-        self._boxes = np.concatenate([r.boxes for r in records] + [_empty_boxes()]).astype(np.float32).reshape(m, 4)
+        self._sizes = np.array([[r.width or -1, r.height or -1] for r in records], dtype=np.int64).reshape(
+            -1, 2
+        )
+        self._boxes = (
+            np.concatenate([r.boxes for r in records] + [_empty_boxes()]).astype(np.float32).reshape(m, 4)
+        )
         self._labels = np.concatenate([r.labels for r in records] + [np.zeros(0)]).astype(np.int64)
         self._difficult = np.concatenate(
             [r.difficult if r.difficult is not None else np.zeros(n, bool) for r, n in zip(records, counts)]
-            + [np.zeros(0, bool)]).astype(bool)
+            + [np.zeros(0, bool)]
+        ).astype(bool)
         self._iscrowd = np.concatenate(
             [r.iscrowd if r.iscrowd is not None else np.zeros(n, bool) for r, n in zip(records, counts)]
-            + [np.zeros(0, bool)]).astype(bool)
+            + [np.zeros(0, bool)]
+        ).astype(bool)
 
     # -- sizes and bookkeeping -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -199,17 +216,34 @@ class DetectionDataset(Dataset):
         """A data set of the images ``indices`` (same classes, format and transform)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         records = [self._record(int(i)) for i in idx]
-        return DetectionDataset(records, self.class_names, format=self.format, root=self.root, split=self.split,
-                                normalized=self.normalized, problems=self.problems, transform=self.transform,
-                                exif=self.exif, coco_category_ids=self.coco_category_ids,
-                                annotation_file=self.annotation_file)
+        return DetectionDataset(
+            records,
+            self.class_names,
+            format=self.format,
+            root=self.root,
+            split=self.split,
+            normalized=self.normalized,
+            problems=self.problems,
+            transform=self.transform,
+            exif=self.exif,
+            coco_category_ids=self.coco_category_ids,
+            annotation_file=self.annotation_file,
+        )
 
     def _record(self, i: int) -> ImageRecord:
         a, b = self._offsets[i], self._offsets[i + 1]
         w, h = (int(v) for v in self._sizes[i])
-        return ImageRecord(str(self._paths[i]), int(self._image_ids[i]), str(self._names[i]), self._boxes[a:b],
-                           self._labels[a:b], self._difficult[a:b], self._iscrowd[a:b],
-                           w if w > 0 else None, h if h > 0 else None)
+        return ImageRecord(
+            str(self._paths[i]),
+            int(self._image_ids[i]),
+            str(self._names[i]),
+            self._boxes[a:b],
+            self._labels[a:b],
+            self._difficult[a:b],
+            self._iscrowd[a:b],
+            w if w > 0 else None,
+            h if h > 0 else None,
+        )
 
     # -- targets and images ----------------------------------------------------------------------------
     def _target(self, i: int, width: int, height: int) -> dict:
@@ -247,8 +281,10 @@ class DetectionDataset(Dataset):
         return image.contiguous(), target
 
     def __repr__(self) -> str:
-        return (f"DetectionDataset({self.format} {self.root!r}, split={self.split!r}, {len(self)} images, "
-                f"{self.num_objects} objects, {len(self.class_names)} classes)")
+        return (
+            f"DetectionDataset({self.format} {self.root!r}, split={self.split!r}, {len(self)} images, "
+            f"{self.num_objects} objects, {len(self.class_names)} classes)"
+        )
 
 
 def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
@@ -258,7 +294,9 @@ def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
     """
     images = [b[0] for b in batch]
     if len({tuple(im.shape) for im in images}) > 1:
-        raise ValueError("collate needs images of one size; give the data set a TrainTransform or EvalTransform")
+        raise ValueError(
+            "collate needs images of one size; give the data set a TrainTransform or EvalTransform"
+        )
     return torch.stack(images), [b[1] for b in batch]
 
 
@@ -278,7 +316,9 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         names = read_names_from_yaml(p)
     else:
         text = p.read_text(encoding="utf-8", errors="replace")
-        names = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+        names = [
+            line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
+        ]
     return check_class_names(names, str(p))
 
 
@@ -334,15 +374,19 @@ def detect_format(path: str | os.PathLike) -> str:
     """
     p = Path(path)
     if not p.exists():
-        raise UserError(f"data path {p} does not exist; give a VOC, COCO or YOLO data set "
-                        "(or make one with 'singleshot synth').")
+        raise UserError(
+            f"data path {p} does not exist; give a VOC, COCO or YOLO data set "
+            "(or make one with 'singleshot synth')."
+        )
     for name in FORMATS:
         if format_module(name).looks_like(p):
             return name
     if format_module("coco").looks_like(p, strict=False):  # a lone JSON beside the images
         return "coco"
-    raise UserError(f"cannot tell the format of {p}: expected a VOC root (Annotations/, JPEGImages/), "
-                    "a COCO instances JSON or a YOLO folder (images/, labels/, data.yaml); give --format.")
+    raise UserError(
+        f"cannot tell the format of {p}: expected a VOC root (Annotations/, JPEGImages/), "
+        "a COCO instances JSON or a YOLO folder (images/, labels/, data.yaml); give --format."
+    )
 
 
 def list_splits(path: str | os.PathLike, format: str | None = None) -> list[str]:
@@ -367,9 +411,17 @@ def default_split(path: str | os.PathLike, purpose: str = "train", format: str |
     raise UserError(f"{path} has no test or val split (it has: {', '.join(splits)}); give --split.")
 
 
-def open_dataset(path: str | os.PathLike, split: str | None = None, format: str | None = None, classes=None, *,
-                 transform=None, skip_invalid: bool = False, check_images: str = "exists",
-                 exif: str = "auto") -> DetectionDataset:
+def open_dataset(
+    path: str | os.PathLike,
+    split: str | None = None,
+    format: str | None = None,
+    classes=None,
+    *,
+    transform=None,
+    skip_invalid: bool = False,
+    check_images: str = "exists",
+    exif: str = "auto",
+) -> DetectionDataset:
     """Open a VOC, COCO or YOLO data set.
 
     Args:
@@ -404,20 +456,32 @@ def open_dataset(path: str | os.PathLike, split: str | None = None, format: str 
     if check_images != "exists":
         from singleshot.data.check import check_image_files
 
-        records, image_problems = check_image_files(records, decode=check_images == "decode", exif=exif,
-                                                    normalized=result.normalized)
+        records, image_problems = check_image_files(
+            records, decode=check_images == "decode", exif=exif, normalized=result.normalized
+        )
         problems += image_problems
-    dataset = DetectionDataset(records, result.class_names, format=format, root=str(p), split=split,
-                               normalized=result.normalized, problems=problems, transform=transform, exif=exif,
-                               **result.extra)
+    dataset = DetectionDataset(
+        records,
+        result.class_names,
+        format=format,
+        root=str(p),
+        split=split,
+        normalized=result.normalized,
+        problems=problems,
+        transform=transform,
+        exif=exif,
+        **result.extra,
+    )
     where = f"{p}" + (f" (split {split})" if split else "")
     errors = dataset.errors
     if errors and not skip_invalid:
         shown = "; ".join(str(e) for e in errors[:MAX_PROBLEMS_SHOWN])
         more = f" and {len(errors) - MAX_PROBLEMS_SHOWN} more" if len(errors) > MAX_PROBLEMS_SHOWN else ""
-        raise UserError(f"{where} has {len(errors)} problem{'s' if len(errors) != 1 else ''}: {shown}{more}; "
-                        f"run 'singleshot check-data --data {p}' for the full list, or pass --skip-invalid "
-                        "to drop the broken images and objects.")
+        raise UserError(
+            f"{where} has {len(errors)} problem{'s' if len(errors) != 1 else ''}: {shown}{more}; "
+            f"run 'singleshot check-data --data {p}' for the full list, or pass --skip-invalid "
+            "to drop the broken images and objects."
+        )
     if len(dataset) == 0:
         raise UserError(f"{where} has no usable images; run 'singleshot check-data --data {p}'.")
     return dataset
@@ -428,13 +492,16 @@ def describe_drops(dataset: DetectionDataset) -> str | None:
     images, objects = dataset.num_dropped_images, dataset.num_dropped_objects
     if not images and not objects:
         return None
-    return (f"skipped {images} broken image{'s' if images != 1 else ''} and {objects} broken "
-            f"object{'s' if objects != 1 else ''} in {dataset.root}; run 'singleshot check-data --data "
-            f"{dataset.root}' for details.")
+    return (
+        f"skipped {images} broken image{'s' if images != 1 else ''} and {objects} broken "
+        f"object{'s' if objects != 1 else ''} in {dataset.root}; run 'singleshot check-data --data "
+        f"{dataset.root}' for details."
+    )
 
 
-def validate_box(box, width: float | None, height: float | None, shown: str,
-                 tolerance: float = BOX_TOLERANCE_PX) -> tuple[np.ndarray | None, str | None]:
+def validate_box(
+    box, width: float | None, height: float | None, shown: str, tolerance: float = BOX_TOLERANCE_PX
+) -> tuple[np.ndarray | None, str | None]:
     """Check one xyxy box against its image; clip it when it is at most ``tolerance`` outside.
 
     Args:

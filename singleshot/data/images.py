@@ -96,7 +96,9 @@ def _reason(exc: BaseException) -> str:
     return text.split("\n")[0]
 
 
-def exif_transpose_for(header: ImageHeader, annotated_size: tuple[int, int] | None, exif: str = "auto") -> bool:
+def exif_transpose_for(
+    header: ImageHeader, annotated_size: tuple[int, int] | None, exif: str = "auto"
+) -> bool:
     """Whether to turn an image upright given the size its annotation records.
 
     ``exif="upright"`` always applies the EXIF orientation, ``"stored"`` never does. ``"auto"`` applies it
@@ -108,8 +110,9 @@ def exif_transpose_for(header: ImageHeader, annotated_size: tuple[int, int] | No
     if exif == "upright" or header.orientation == 1 or annotated_size is None:
         return True
     stored = (header.width, header.height)
-    return not (header.orientation in SWAPS_AXES and tuple(annotated_size) == stored
-                and stored != header.upright_size)
+    return not (
+        header.orientation in SWAPS_AXES and tuple(annotated_size) == stored and stored != header.upright_size
+    )
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
@@ -172,8 +175,9 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Tenso
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # the one copy, into (3, H, W)
 
 
-def load_annotated_image(path: str | os.PathLike, annotated_size: tuple[int, int] | None = None,
-                         exif: str = "auto") -> tuple[Tensor, ImageHeader, bool]:
+def load_annotated_image(
+    path: str | os.PathLike, annotated_size: tuple[int, int] | None = None, exif: str = "auto"
+) -> tuple[Tensor, ImageHeader, bool]:
     """Read an image the way its annotation sees it (see :func:`exif_transpose_for`).
 
     Returns:

@@ -44,8 +44,23 @@ def _star() -> np.ndarray:
 
 
 def _cross(t: float = 0.34) -> np.ndarray:
-    return np.array([(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t),
-                     (-1, -t), (-t, -t)], dtype=np.float64)
+    return np.array(
+        [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ],
+        dtype=np.float64,
+    )
 
 
 # Outlines in [-1, 1]^2; "ring" is a circle with a hole of radius RING_HOLE.
@@ -92,8 +107,9 @@ def parse_splits(text: str) -> list[tuple[str, float]]:
         except ValueError:
             frac = -1.0
         if not sep or not name or frac < 0 or not name.replace("_", "").replace("-", "").isalnum():
-            raise UserError(f"--splits {text!r} is malformed; write name=fraction pairs such as "
-                            "'train=0.8,test=0.2'.")
+            raise UserError(
+                f"--splits {text!r} is malformed; write name=fraction pairs such as 'train=0.8,test=0.2'."
+            )
         if name in dict(out):
             raise UserError(f"--splits names {name!r} twice; give each split once.")
         out.append((name, frac))
@@ -135,7 +151,9 @@ def _background(rng: np.random.Generator, w: int, h: int, clutter: float) -> Ima
         colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
         if kind < 0.35:  # straight line
             p = rng.uniform(0, 1, 4) * [w, h, w, h]
-            draw.line([tuple(p[:2]), tuple(p[2:])], fill=colour, width=int(rng.integers(1, max(2, side // 100) + 2)))
+            draw.line(
+                [tuple(p[:2]), tuple(p[2:])], fill=colour, width=int(rng.integers(1, max(2, side // 100) + 2))
+            )
         elif kind < 0.65:  # wandering curve
             n = int(rng.integers(4, 10))
             pts = np.cumsum(rng.normal(0, side * 0.06, (n, 2)), axis=0) + rng.uniform(0, 1, 2) * [w, h]
@@ -158,8 +176,9 @@ def _shape_points(shape: str, cx: float, cy: float, sx: float, sy: float, degree
     return pts @ rot.T + [cx, cy]
 
 
-def _mask(shape: str, pts: np.ndarray, x0: int, y0: int, w: int, h: int, sx: float, sy: float,
-          cx: float, cy: float) -> Image.Image:
+def _mask(
+    shape: str, pts: np.ndarray, x0: int, y0: int, w: int, h: int, sx: float, sy: float, cx: float, cy: float
+) -> Image.Image:
     s = SUPERSAMPLE
     m = Image.new("L", (w * s, h * s), 0)
     d = ImageDraw.Draw(m)
@@ -192,9 +211,19 @@ def _cover(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return inter / ((a[2] - a[0]) * (a[3] - a[1])), inter / ((b[2] - b[0]) * (b[3] - b[1]))
 
 
-def render_image(rng: np.random.Generator, width: int, height: int, shapes: tuple[str, ...], *,
-                 min_size: float, max_size: float, min_objects: int, max_objects: int, clutter: float,
-                 max_overlap: float) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+def render_image(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    shapes: tuple[str, ...],
+    *,
+    min_size: float,
+    max_size: float,
+    min_objects: int,
+    max_objects: int,
+    clutter: float,
+    max_overlap: float,
+) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     """One synthetic image.
 
     Returns:
@@ -219,21 +248,32 @@ def render_image(rng: np.random.Generator, width: int, height: int, shapes: tupl
             cx = rng.uniform(1 - lo[0], width - 1 - hi[0])
             cy = rng.uniform(1 - lo[1], height - 1 - hi[1])
             pts = pts + [cx, cy]
-            box = np.array([math.floor(pts[:, 0].min()), math.floor(pts[:, 1].min()),
-                            math.ceil(pts[:, 0].max()), math.ceil(pts[:, 1].max())], dtype=np.float32)
+            box = np.array(
+                [
+                    math.floor(pts[:, 0].min()),
+                    math.floor(pts[:, 1].min()),
+                    math.ceil(pts[:, 0].max()),
+                    math.ceil(pts[:, 1].max()),
+                ],
+                dtype=np.float32,
+            )
             box = np.clip(box, 0, [width, height, width, height])
             if any(max(_cover(box, b)) > max_overlap for b in boxes):
                 continue
             x0, y0, x1, y1 = (int(v) for v in box)
             mask = _mask(shape, pts, x0, y0, x1 - x0, y1 - y0, sx, sy, cx, cy)
-            local = np.asarray(im.crop((x0, y0, x1, y1)).resize((4, 4), Image.BOX)).reshape(-1, 3).mean(axis=0)
+            local = (
+                np.asarray(im.crop((x0, y0, x1, y1)).resize((4, 4), Image.BOX)).reshape(-1, 3).mean(axis=0)
+            )
             im.paste(_colour_against(rng, local), (x0, y0), mask)
             boxes.append(box)
             classes.append(k)
             break
     bits = int(round(4 * clutter))
     if bits > 0:  # sensor-like noise, uniform in [-2^(bits-1), 2^(bits-1)) (random bytes are cheap)
-        noise = np.frombuffer(rng.bytes(height * width * 3), np.uint8).reshape(height, width, 3) & (2**bits - 1)
+        noise = np.frombuffer(rng.bytes(height * width * 3), np.uint8).reshape(height, width, 3) & (
+            2**bits - 1
+        )
         im = ImageChops.add(im, Image.fromarray(noise), 1.0, -(2 ** (bits - 1)))
     return im, np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(classes, dtype=np.int64)
 
@@ -259,15 +299,26 @@ class _Job:
     def __call__(self, i: int):
         h, w = self.size_hw
         rng = np.random.default_rng((self.seed, i))
-        im, boxes, classes = render_image(rng, w, h, self.shapes, min_size=self.min_size, max_size=self.max_size,
-                                          min_objects=self.min_objects, max_objects=self.max_objects,
-                                          clutter=self.clutter, max_overlap=self.max_overlap)
+        im, boxes, classes = render_image(
+            rng,
+            w,
+            h,
+            self.shapes,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+            clutter=self.clutter,
+            max_overlap=self.max_overlap,
+        )
         out, split, stem = Path(self.out), self.assignment[i], f"{i + 1:06d}"
         if self.format == "voc":
             from singleshot.data.voc import annotation_xml
 
             im.save(out / "JPEGImages" / f"{stem}.jpg", quality=self.jpeg_quality)
-            xml = annotation_xml(f"{stem}.jpg", w, h, boxes, [self.shapes[c] for c in classes], folder="synth")
+            xml = annotation_xml(
+                f"{stem}.jpg", w, h, boxes, [self.shapes[c] for c in classes], folder="synth"
+            )
             (out / "Annotations" / f"{stem}.xml").write_text(xml)
         elif self.format == "coco":
             im.save(out / split / f"{stem}.jpg", quality=self.jpeg_quality)
@@ -323,12 +374,27 @@ def _prepare(out: Path, format: str, overwrite: bool, split_names: list[str]) ->
     out.mkdir(parents=True, exist_ok=True)
 
 
-def synthesize(out, num_images: int, format: str = "voc", image_size=300, seed: int = 0, *,
-               splits: str | list[tuple[str, float]] = DEFAULT_SPLITS, num_classes: int = 5,
-               shapes: tuple[str, ...] | None = None, min_size: float = 0.08, max_size: float = 0.5,
-               min_objects: int = 1, max_objects: int = 5, clutter: float = 0.5, max_overlap: float = 0.3,
-               jpeg_quality: int = 92, overwrite: bool = False, workers: int | None = None,
-               progress: bool = False) -> SynthSummary:
+def synthesize(
+    out,
+    num_images: int,
+    format: str = "voc",
+    image_size=300,
+    seed: int = 0,
+    *,
+    splits: str | list[tuple[str, float]] = DEFAULT_SPLITS,
+    num_classes: int = 5,
+    shapes: tuple[str, ...] | None = None,
+    min_size: float = 0.08,
+    max_size: float = 0.5,
+    min_objects: int = 1,
+    max_objects: int = 5,
+    clutter: float = 0.5,
+    max_overlap: float = 0.3,
+    jpeg_quality: int = 92,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> SynthSummary:
     """Write a synthetic data set of shapes.
 
     Args:
@@ -361,7 +427,9 @@ def synthesize(out, num_images: int, format: str = "voc", image_size=300, seed: 
         raise UserError(f"--format {format!r} is unknown; use voc, coco or yolo.")
     if num_images < 1:
         raise UserError(f"--images must be at least 1 (got {num_images}).")
-    h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    h, w = (
+        (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    )
     if min(h, w) < 32 or max(h, w) > 8192:
         raise UserError(f"--image-size {w}x{h} is out of range; use sides between 32 and 8192 pixels.")
     if shapes is None:
@@ -372,7 +440,9 @@ def synthesize(out, num_images: int, format: str = "voc", image_size=300, seed: 
     if unknown:
         raise UserError(f"unknown shape {unknown[0]!r}; choose from {', '.join(SHAPES)}.")
     if not 0 < min_size <= max_size <= 0.95:
-        raise UserError(f"object sizes {min_size}..{max_size} are invalid; need 0 < min <= max <= 0.95 of the side.")
+        raise UserError(
+            f"object sizes {min_size}..{max_size} are invalid; need 0 < min <= max <= 0.95 of the side."
+        )
     if not 0 <= min_objects <= max_objects:
         raise UserError(f"objects per image {min_objects}..{max_objects} is invalid; need 0 <= min <= max.")
     if not 0 <= clutter <= 1:
@@ -397,17 +467,36 @@ def synthesize(out, num_images: int, format: str = "voc", image_size=300, seed: 
         (out / "JPEGImages").mkdir()
         (out / "Annotations").mkdir()
         (out / "classes.txt").write_text("".join(f"{n}\n" for n in names))
-    job = _Job(str(out), format, seed, (h, w), tuple(shapes), min_size, max_size, min_objects, max_objects, clutter,
-               max_overlap, jpeg_quality, tuple(assignment))
+    job = _Job(
+        str(out),
+        format,
+        seed,
+        (h, w),
+        tuple(shapes),
+        min_size,
+        max_size,
+        min_objects,
+        max_objects,
+        clutter,
+        max_overlap,
+        jpeg_quality,
+        tuple(assignment),
+    )
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if num_images >= 200 else 1
     num_objects = 0
     with _pool(workers, job) as pool:
-        results = pool.imap(_make_image, range(num_images), chunksize=16) if pool else map(job, range(num_images))
-        for i, boxes, classes in tqdm(results, total=num_images, desc="synth", unit="img", disable=not progress):
+        results = (
+            pool.imap(_make_image, range(num_images), chunksize=16) if pool else map(job, range(num_images))
+        )
+        for i, boxes, classes in tqdm(
+            results, total=num_images, desc="synth", unit="img", disable=not progress
+        ):
             num_objects += len(boxes)
             stem = f"{i + 1:06d}"
-            per_split[assignment[i]].append((i + 1, f"{stem}.jpg", boxes, classes) if format == "coco" else stem)
+            per_split[assignment[i]].append(
+                (i + 1, f"{stem}.jpg", boxes, classes) if format == "coco" else stem
+            )
 
     split_sizes = {n: len(v) for n, v in per_split.items()}
     if format == "voc":
@@ -427,8 +516,16 @@ def synthesize(out, num_images: int, format: str = "voc", image_size=300, seed: 
             for image_id, file_name, boxes, classes in items:
                 images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
                 for (x1, y1, x2, y2), c in zip(boxes.tolist(), classes.tolist()):
-                    anns.append({"id": ann_id, "image_id": image_id, "category_id": c + 1,
-                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+                    anns.append(
+                        {
+                            "id": ann_id,
+                            "image_id": image_id,
+                            "category_id": c + 1,
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "area": (x2 - x1) * (y2 - y1),
+                            "iscrowd": 0,
+                        }
+                    )
                     ann_id += 1
             write_json(out / "annotations" / f"instances_{name}.json", images, anns, names)
     else:

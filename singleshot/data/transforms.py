@@ -47,9 +47,19 @@ def _size_hw(size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def sample_iou_crop(boxes: Tensor, width: int, height: int, *, options=CROP_OPTIONS, trials: int = 50,
-                    min_scale: float = 0.3, max_scale: float = 1.0, min_aspect: float = 0.5, max_aspect: float = 2.0,
-                    generator: torch.Generator | None = None) -> tuple[tuple[int, int, int, int] | None, float | None]:
+def sample_iou_crop(
+    boxes: Tensor,
+    width: int,
+    height: int,
+    *,
+    options=CROP_OPTIONS,
+    trials: int = 50,
+    min_scale: float = 0.3,
+    max_scale: float = 1.0,
+    min_aspect: float = 0.5,
+    max_aspect: float = 2.0,
+    generator: torch.Generator | None = None,
+) -> tuple[tuple[int, int, int, int] | None, float | None]:
     """Sample an SSD crop window.
 
     Picks one of ``options`` uniformly. ``None`` keeps the whole image; a number ``m`` asks for a window
@@ -68,7 +78,9 @@ def sample_iou_crop(boxes: Tensor, width: int, height: int, *, options=CROP_OPTI
     option = options[int(torch.randint(len(options), (), generator=generator))]
     if option is None:
         return None, None
-    u = torch.rand(trials, 4, generator=generator, dtype=torch.float64)  # (T, 4): scale w, scale h, pos x, pos y
+    u = torch.rand(
+        trials, 4, generator=generator, dtype=torch.float64
+    )  # (T, 4): scale w, scale h, pos x, pos y
     w = (width * (min_scale + (max_scale - min_scale) * u[:, 0])).floor().clamp(min=1)
     h = (height * (min_scale + (max_scale - min_scale) * u[:, 1])).floor().clamp(min=1)
     x0 = ((width - w) * u[:, 2]).floor()
@@ -78,8 +90,9 @@ def sample_iou_crop(boxes: Tensor, width: int, height: int, *, options=CROP_OPTI
     if len(boxes):
         b = boxes.to(torch.float64)
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2  # (n,)
-        inside = ((cx > windows[:, :1]) & (cx < windows[:, 2:3]) & (cy > windows[:, 1:2])
-                  & (cy < windows[:, 3:]))  # (T, n)
+        inside = (
+            (cx > windows[:, :1]) & (cx < windows[:, 2:3]) & (cy > windows[:, 1:2]) & (cy < windows[:, 3:])
+        )  # (T, n)
         ok &= inside.any(dim=1) & (box_iou(windows, b).amax(dim=1) >= option)
     first = torch.nonzero(ok)
     if len(first) == 0:
@@ -103,8 +116,16 @@ def hue_rotate(image: Tensor, fraction: float) -> Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def photometric_distort(image: Tensor, *, p: float = 0.5, brightness=(0.875, 1.125), contrast=(0.5, 1.5),
-                        saturation=(0.5, 1.5), hue=(-0.05, 0.05), generator: torch.Generator | None = None) -> Tensor:
+def photometric_distort(
+    image: Tensor,
+    *,
+    p: float = 0.5,
+    brightness=(0.875, 1.125),
+    contrast=(0.5, 1.5),
+    saturation=(0.5, 1.5),
+    hue=(-0.05, 0.05),
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """SSD's photometric distortion of a uint8 ``Tensor[3, H, W]``; pixel-wise except contrast (image mean).
 
     Each of brightness, contrast, saturation and hue is applied with probability ``p`` with a factor drawn
@@ -138,7 +159,10 @@ def photometric_distort(image: Tensor, *, p: float = 0.5, brightness=(0.875, 1.1
 def _keep(target: dict, mask: Tensor) -> dict:
     """The target with only the objects in ``mask`` (per-object tensors filtered, other keys kept)."""
     n = len(mask)
-    return {k: (v[mask] if isinstance(v, Tensor) and v.dim() >= 1 and len(v) == n else v) for k, v in target.items()}
+    return {
+        k: (v[mask] if isinstance(v, Tensor) and v.dim() >= 1 and len(v) == n else v)
+        for k, v in target.items()
+    }
 
 
 def _resize(image: Tensor, size_hw: tuple[int, int]) -> Tensor:
@@ -162,10 +186,25 @@ class TrainTransform:
             ``DataLoader`` seeds per worker).
     """
 
-    def __init__(self, size, mean=IMAGENET_MEAN, *, photometric: bool = True, expand: bool = True,
-                 expand_max: float = 4.0, expand_p: float = 0.5, crop: bool = True, crop_options=CROP_OPTIONS,
-                 crop_trials: int = 50, crop_min_scale: float = 0.3, flip: bool = True, flip_p: float = 0.5,
-                 keep_difficult: bool = False, keep_crowd: bool = False, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        size,
+        mean=IMAGENET_MEAN,
+        *,
+        photometric: bool = True,
+        expand: bool = True,
+        expand_max: float = 4.0,
+        expand_p: float = 0.5,
+        crop: bool = True,
+        crop_options=CROP_OPTIONS,
+        crop_trials: int = 50,
+        crop_min_scale: float = 0.3,
+        flip: bool = True,
+        flip_p: float = 0.5,
+        keep_difficult: bool = False,
+        keep_crowd: bool = False,
+        generator: torch.Generator | None = None,
+    ):
         self.size = _size_hw(size)
         self.fill = [int(round(float(m) * 255)) for m in mean]
         self.photometric = photometric
@@ -211,9 +250,15 @@ class TrainTransform:
         window = None
         if self.crop:
             shifted = boxes[keep] + torch.tensor([ox, oy, ox, oy], dtype=boxes.dtype)
-            window, _ = sample_iou_crop(shifted, canvas_w, canvas_h, options=self.crop_options,
-                                        trials=self.crop_trials, min_scale=self.crop_min_scale,
-                                        generator=self.generator)
+            window, _ = sample_iou_crop(
+                shifted,
+                canvas_w,
+                canvas_h,
+                options=self.crop_options,
+                trials=self.crop_trials,
+                min_scale=self.crop_min_scale,
+                generator=self.generator,
+            )
         if window is None:
             window = (0, 0, canvas_w, canvas_h)
         else:
@@ -222,7 +267,13 @@ class TrainTransform:
             cy = (boxes[:, 1] + boxes[:, 3]) / 2 + oy
             keep &= (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)
         flip = self.flip and self._rand() < self.flip_p
-        return {"keep": keep, "offset": (ox, oy), "canvas": (canvas_w, canvas_h), "window": window, "flip": flip}
+        return {
+            "keep": keep,
+            "offset": (ox, oy),
+            "canvas": (canvas_w, canvas_h),
+            "window": window,
+            "flip": flip,
+        }
 
     def apply(self, image: Tensor, target: dict, params: dict) -> tuple[Tensor, dict]:
         """The augmentation ``params`` (from :meth:`make_params`) applied to an image and its target."""

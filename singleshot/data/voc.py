@@ -55,8 +55,10 @@ def looks_like(path: Path) -> bool:
 def _root(path: Path) -> Path:
     root = find_root(path)
     if root is None:
-        raise UserError(f"{path} is not a Pascal VOC folder: expected Annotations/, JPEGImages/ and "
-                        "ImageSets/Main/<split>.txt inside it (or a VOCdevkit with one VOC20xx folder).")
+        raise UserError(
+            f"{path} is not a Pascal VOC folder: expected Annotations/, JPEGImages/ and "
+            "ImageSets/Main/<split>.txt inside it (or a VOCdevkit with one VOC20xx folder)."
+        )
     return root
 
 
@@ -105,8 +107,14 @@ def _read_ids(split_file: Path, problems: list[Problem]) -> list[str]:
             continue
         image_id = parts[0]
         if image_id in seen:
-            problems.append(Problem(str(split_file), f"image id {image_id!r} is listed twice (first on line "
-                                    f"{seen[image_id]}); the repeat is ignored", where=f"line {n}"))
+            problems.append(
+                Problem(
+                    str(split_file),
+                    f"image id {image_id!r} is listed twice (first on line "
+                    f"{seen[image_id]}); the repeat is ignored",
+                    where=f"line {n}",
+                )
+            )
             continue
         seen[image_id] = n
         ids.append(image_id)
@@ -122,8 +130,10 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         split_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not split_file.is_file():
             found = list_splits(root)
-            raise UserError(f"split {split!r} not found: {split_file} does not exist (splits here: "
-                            f"{', '.join(found) if found else 'none'}); give --split with one of them.")
+            raise UserError(
+                f"split {split!r} not found: {split_file} does not exist (splits here: "
+                f"{', '.join(found) if found else 'none'}); give --split with one of them."
+            )
         ids = _read_ids(split_file, problems)
         if not ids:
             problems.append(Problem(str(split_file), f"split {split!r} lists no images"))
@@ -150,7 +160,9 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             problems.append(Problem(str(xml_path), f"malformed XML ({exc})", drops="image"))
             continue
         except OSError as exc:
-            problems.append(Problem(str(xml_path), f"cannot read the annotation ({exc.strerror})", drops="image"))
+            problems.append(
+                Problem(str(xml_path), f"cannot read the annotation ({exc.strerror})", drops="image")
+            )
             continue
         candidates = by_stem.get(image_id, [])
         filename = (ann.findtext("filename") or "").strip()
@@ -161,8 +173,13 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         elif candidates:
             name = sorted(candidates)[0]
         else:
-            problems.append(Problem(str(img_dir / f"{image_id}.jpg"), "image file is missing (listed in "
-                                    f"{xml_path.name})", drops="image"))
+            problems.append(
+                Problem(
+                    str(img_dir / f"{image_id}.jpg"),
+                    f"image file is missing (listed in {xml_path.name})",
+                    drops="image",
+                )
+            )
             continue
         width, height = _size(ann)
         parsed.append((image_id, xml_path, img_dir / name, width, height, ann.findall("object")))
@@ -191,28 +208,47 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
                 problems.append(Problem(str(xml_path), "object has no <name>", where=where, drops="object"))
                 continue
             if name not in label_of:
-                problems.append(Problem(str(xml_path), f"class {name!r} is not in the class list "
-                                        f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})",
-                                        where=where, drops="object"))
+                problems.append(
+                    Problem(
+                        str(xml_path),
+                        f"class {name!r} is not in the class list "
+                        f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})",
+                        where=where,
+                        drops="object",
+                    )
+                )
                 continue
             bb = obj.find("bndbox")
             values = [_number(bb.findtext(t)) if bb is not None else float("nan") for t in COORDS]
             shown = ", ".join(f"{t} {bb.findtext(t) if bb is not None else None}" for t in COORDS)
-            box, message = validate_box([values[0] - 1, values[1] - 1, values[2], values[3]], width, height, shown)
+            box, message = validate_box(
+                [values[0] - 1, values[1] - 1, values[2], values[3]], width, height, shown
+            )
             if message:
                 problems.append(Problem(str(xml_path), f"{name}: {message}", where=where, drops="object"))
                 continue
             boxes.append(box)
             labels.append(label_of[name])
             difficult.append((obj.findtext("difficult") or "0").strip() not in ("0", "", "false", "False"))
-        records.append(ImageRecord(
-            path=str(image_path), image_id=len(records), name=image_id,
-            boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4), labels=np.array(labels, dtype=np.int64),
-            difficult=np.array(difficult, dtype=bool), width=width, height=height, source=str(xml_path)))
+        records.append(
+            ImageRecord(
+                path=str(image_path),
+                image_id=len(records),
+                name=image_id,
+                boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+                labels=np.array(labels, dtype=np.int64),
+                difficult=np.array(difficult, dtype=bool),
+                width=width,
+                height=height,
+                source=str(xml_path),
+            )
+        )
     return ReadResult(records, list(classes), problems)
 
 
-def annotation_xml(filename: str, width: int, height: int, boxes, names, difficult=None, folder: str = "VOC") -> str:
+def annotation_xml(
+    filename: str, width: int, height: int, boxes, names, difficult=None, folder: str = "VOC"
+) -> str:
     """A VOC annotation for xyxy pixel ``boxes`` (continuous coordinates; see the module docstring)."""
     difficult = difficult if difficult is not None else [False] * len(names)
     lines = [

@@ -200,8 +200,12 @@ def looks_like(path: Path) -> bool:
         return path.suffix.lower() in (".yaml", ".yml")
     if not path.is_dir():
         return False
-    return _find_yaml(path) is not None or (path / "labels").is_dir() or (path / "images").is_dir() or any(
-        (c / "images").is_dir() and (c / "labels").is_dir() for c in path.iterdir() if c.is_dir())
+    return (
+        _find_yaml(path) is not None
+        or (path / "labels").is_dir()
+        or (path / "images").is_dir()
+        or any((c / "images").is_dir() and (c / "labels").is_dir() for c in path.iterdir() if c.is_dir())
+    )
 
 
 def _layout(path: Path) -> tuple[Path | None, Path, dict]:
@@ -221,7 +225,8 @@ def _layout(path: Path) -> tuple[Path | None, Path, dict]:
                 if value:
                     splits["val" if key == "valid" else key] = [
                         base / v if not Path(v).is_absolute() else Path(v)
-                        for v in (value if isinstance(value, list) else [value])]
+                        for v in (value if isinstance(value, list) else [value])
+                    ]
         return yaml_path, base, {"_data": data, **splits}
     root = path
     splits = {}
@@ -266,8 +271,13 @@ def _images_of(source: Path, problems: list[Problem], file: str) -> list[Path]:
                 p = Path(line)
                 p = p if p.is_absolute() else source.parent / p
                 if not p.is_file():
-                    problems.append(Problem(str(p), f"image file is missing (listed in {source.name}, line {n})",
-                                            drops="image"))
+                    problems.append(
+                        Problem(
+                            str(p),
+                            f"image file is missing (listed in {source.name}, line {n})",
+                            drops="image",
+                        )
+                    )
                     continue
                 out.append(p)
         return out
@@ -277,8 +287,13 @@ def _images_of(source: Path, problems: list[Problem], file: str) -> list[Path]:
     return []
 
 
-def _parse_labels(path: Path, num_classes: int | None, problems: list[Problem], id_to_label: dict | None = None,
-                  file_names: list[str] | None = None):
+def _parse_labels(
+    path: Path,
+    num_classes: int | None,
+    problems: list[Problem],
+    id_to_label: dict | None = None,
+    file_names: list[str] | None = None,
+):
     """-> (boxes (n, 4) relative xyxy, labels (n,)) of one label file, or None when there is no file (no
     objects), or False when it cannot be read. Labels are ``id + 1``, or ``id_to_label[id]`` when given."""
     try:
@@ -297,25 +312,51 @@ def _parse_labels(path: Path, num_classes: int | None, problems: list[Problem], 
         try:
             values = [float(v) for v in parts]
         except ValueError:
-            problems.append(Problem(str(path), f"non-numeric value in {line.strip()!r}", where=where, drops="object"))
+            problems.append(
+                Problem(str(path), f"non-numeric value in {line.strip()!r}", where=where, drops="object")
+            )
             continue
         if len(values) != 5 and not (len(values) >= 7 and len(values) % 2 == 1):
-            problems.append(Problem(str(path), f"expected 'class cx cy w h' (5 numbers), found {len(values)}",
-                                    where=where, drops="object"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"expected 'class cx cy w h' (5 numbers), found {len(values)}",
+                    where=where,
+                    drops="object",
+                )
+            )
             continue
         cls = values[0]
         if not math.isfinite(cls) or cls != int(cls) or cls < 0:
-            problems.append(Problem(str(path), f"class id {parts[0]} is not a non-negative integer", where=where,
-                                    drops="object"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"class id {parts[0]} is not a non-negative integer",
+                    where=where,
+                    drops="object",
+                )
+            )
             continue
         if num_classes is not None and cls >= num_classes:
-            problems.append(Problem(str(path), f"class id {int(cls)} is out of range (the data set has "
-                                    f"{num_classes} classes, ids 0..{num_classes - 1})", where=where,
-                                    drops="object"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"class id {int(cls)} is out of range (the data set has "
+                    f"{num_classes} classes, ids 0..{num_classes - 1})",
+                    where=where,
+                    drops="object",
+                )
+            )
             continue
         if id_to_label is not None and int(cls) not in id_to_label:
-            problems.append(Problem(str(path), f"class {file_names[int(cls)]!r} (id {int(cls)}) is not in the "
-                                    "class list", where=where, drops="object"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"class {file_names[int(cls)]!r} (id {int(cls)}) is not in the class list",
+                    where=where,
+                    drops="object",
+                )
+            )
             continue
         if len(values) == 5:
             cx, cy, w, h = values[1:]
@@ -329,8 +370,15 @@ def _parse_labels(path: Path, num_classes: int | None, problems: list[Problem], 
             continue
         key = line.strip()
         if key in seen:
-            problems.append(Problem(str(path), f"repeats line {seen[key]}; the repeat is left out", where=where,
-                                    severity="warning", drops="object"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"repeats line {seen[key]}; the repeat is left out",
+                    where=where,
+                    severity="warning",
+                    drops="object",
+                )
+            )
             continue
         seen[key] = n
         boxes.append(box)
@@ -347,8 +395,10 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     if split is not None:
         key = "val" if split in ("valid", "validation") and split not in splits else split
         if key not in splits:
-            raise UserError(f"split {split!r} not found in {yaml_path or root} (splits here: "
-                            f"{', '.join(sorted(splits)) or 'none'}); give --split with one of them.")
+            raise UserError(
+                f"split {split!r} not found in {yaml_path or root} (splits here: "
+                f"{', '.join(sorted(splits)) or 'none'}); give --split with one of them."
+            )
         sources = splits[key]
     else:
         if splits:
@@ -380,8 +430,11 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     for image_path in image_paths:
         lp = label_path(image_path)
         if lp in owners:
-            message = ("image listed twice" if owners[lp] == image_path
-                       else f"{owners[lp].name} and {image_path.name} share the label file {lp.name}")
+            message = (
+                "image listed twice"
+                if owners[lp] == image_path
+                else f"{owners[lp].name} and {image_path.name} share the label file {lp.name}"
+            )
             problems.append(Problem(str(image_path), f"{message}; the second is left out", drops="image"))
             continue
         owners[lp] = image_path
@@ -395,16 +448,27 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             result = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
         parsed.append((image_path, lp, *result))
     if parsed and not found_labels:
-        problems.append(Problem(str(label_path(parsed[0][0]).parent),
-                                f"no label files found for {len(parsed)} images (expected e.g. "
-                                f"{label_path(parsed[0][0])}); check that labels/ mirrors images/"))
+        problems.append(
+            Problem(
+                str(label_path(parsed[0][0]).parent),
+                f"no label files found for {len(parsed)} images (expected e.g. "
+                f"{label_path(parsed[0][0])}); check that labels/ mirrors images/",
+            )
+        )
     if names is None:
         top = max((int(labels.max()) - 1 for *_, labels in parsed if len(labels)), default=-1)
         names = [f"class{i}" for i in range(top + 1)]
-        problems.append(Problem(file, "no data.yaml names or classes.txt: classes are named after their ids",
-                                severity="warning"))
-    records = [ImageRecord(path=str(ip), image_id=i, name=ip.stem, boxes=boxes, labels=labels, source=str(lp))
-               for i, (ip, lp, boxes, labels) in enumerate(parsed)]
+        problems.append(
+            Problem(
+                file,
+                "no data.yaml names or classes.txt: classes are named after their ids",
+                severity="warning",
+            )
+        )
+    records = [
+        ImageRecord(path=str(ip), image_id=i, name=ip.stem, boxes=boxes, labels=labels, source=str(lp))
+        for i, (ip, lp, boxes, labels) in enumerate(parsed)
+    ]
     return ReadResult(records, list(names), problems, normalized=True)
 
 

@@ -371,7 +371,9 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
         encoder = model.loss_fn()  # stays on the CPU, in the workers
-        model.winograd = config.winograd  # CPU float32 only: Winograd's 3x3 convolutions (more memory, faster)
+        model.winograd = (
+            config.winograd
+        )  # CPU float32 only: Winograd's 3x3 convolutions (more memory, faster)
         model.to(device)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -555,12 +557,19 @@ class Trainer:
         epochs_done = len(history["epochs"])
         return TrainResult(out, epochs_done, best_map, last_map, interrupted, core, config)
 
-    def _run_epoch(self, run: _Step, sums: torch.Tensor, history: dict, *, epoch: int, skip: int, seconds: float):
+    def _run_epoch(
+        self, run: _Step, sums: torch.Tensor, history: dict, *, epoch: int, skip: int, seconds: float
+    ):
         """Train one epoch (from batch ``skip``), adding the loss terms to ``sums`` and the logged steps to
         ``history``; returns ``(steps done, seconds spent, stopped early)``."""
         config, world, device = self.config, self.world, self.world.device
         model, core, loss_fn, optimizer, schedule, scaler = (
-            run.model, run.core, run.loss_fn, run.optimizer, run.schedule, run.scaler
+            run.model,
+            run.core,
+            run.loss_fn,
+            run.optimizer,
+            run.schedule,
+            run.scaler,
         )
         steps_per_epoch = run.steps_per_epoch
         bar = tqdm(

@@ -170,7 +170,9 @@ def _load_coco_json(coco_gt: str | os.PathLike | Mapping) -> Mapping:
             with open(coco_gt) as f:
                 data = json.load(f)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read the COCO annotation file {where} ({e}); pass a COCO json file.") from e
+            raise UserError(
+                f"cannot read the COCO annotation file {where} ({e}); pass a COCO json file."
+            ) from e
     if not isinstance(data, Mapping) or "images" not in data or "annotations" not in data:
         raise UserError(f"{where} is not a COCO annotation file: it has no 'images' and 'annotations'.")
     return data
@@ -190,7 +192,9 @@ def _category_map(labels, names, source, category_ids, named) -> dict[int, int]:
         return {c: by_name[n] for c, n in zip(labels, names)}
     ids = sorted(int(cat["id"]) for cat in categories)
     if labels and (min(labels) < 1 or max(labels) > len(ids)):
-        raise UserError(f"label {max(labels)} has no category: the COCO annotations list {len(ids)} categories.")
+        raise UserError(
+            f"label {max(labels)} has no category: the COCO annotations list {len(ids)} categories."
+        )
     return {c: ids[c - 1] for c in labels}
 
 
@@ -213,8 +217,13 @@ def _coco_data(flat: FlatSet, targets, labels, names, coco_gt, category_ids, nam
         image_ids = np.arange(1, flat.num_images + 1, dtype=np.int64)
         image_of_input = np.arange(flat.num_images, dtype=np.int64)
         gt_xywh = _xywh(flat.gt_boxes)
-        gt = dict(image=flat.gt_image, category=label_to_index[flat.gt_labels], xywh=gt_xywh,
-                  area=gt_xywh[:, 2] * gt_xywh[:, 3], crowd=flat.gt_crowd | flat.gt_difficult)
+        gt = dict(
+            image=flat.gt_image,
+            category=label_to_index[flat.gt_labels],
+            xywh=gt_xywh,
+            area=gt_xywh[:, 2] * gt_xywh[:, 3],
+            crowd=flat.gt_crowd | flat.gt_difficult,
+        )
     else:
         image_ids, image_of_input, gt = _coco_source_gt(source, targets, category_ids_sorted)
     data = CocoData(
@@ -243,18 +252,24 @@ def _coco_source_gt(source: Mapping, targets, category_ids_sorted: np.ndarray):
     known = {int(img["id"]) for img in source["images"]}
     missing = sorted(set(ids) - known)
     if missing:
-        raise UserError(f"image id {missing[0]} is not in the COCO annotations; evaluate against the annotation "
-                        "file the data set was read from.")
+        raise UserError(
+            f"image id {missing[0]} is not in the COCO annotations; evaluate against the annotation "
+            "file the data set was read from."
+        )
     image_ids = np.unique(np.asarray(ids, dtype=np.int64))
     image_of_input = np.searchsorted(image_ids, np.asarray(ids, dtype=np.int64))
     wanted_images, wanted_cats = set(image_ids.tolist()), set(category_ids_sorted.tolist())
-    anns = [a for a in source["annotations"]
-            if int(a["image_id"]) in wanted_images and int(a["category_id"]) in wanted_cats]
+    anns = [
+        a
+        for a in source["annotations"]
+        if int(a["image_id"]) in wanted_images and int(a["category_id"]) in wanted_cats
+    ]
     xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
     gt = dict(
         image=np.searchsorted(image_ids, np.asarray([int(a["image_id"]) for a in anns], dtype=np.int64)),
-        category=np.searchsorted(category_ids_sorted,
-                                 np.asarray([int(a["category_id"]) for a in anns], dtype=np.int64)),
+        category=np.searchsorted(
+            category_ids_sorted, np.asarray([int(a["category_id"]) for a in anns], dtype=np.int64)
+        ),
         xywh=xywh,
         area=np.asarray([a["area"] if "area" in a else 0.0 for a in anns], dtype=np.float64),
         crowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
@@ -317,7 +332,12 @@ def format_ap_table(result: Mapping) -> str:
     lines.append("-" * len(lines[0]))
     lines.append(f"{f'mAP ({metric})':<{width}}  {pct(result['map']):>11}")
     if metric == "coco":
-        for key, label in (("map_50", "AP50"), ("map_75", "AP75"), ("map_small", "AP small"),
-                           ("map_medium", "AP medium"), ("map_large", "AP large")):
+        for key, label in (
+            ("map_50", "AP50"),
+            ("map_75", "AP75"),
+            ("map_small", "AP small"),
+            ("map_medium", "AP medium"),
+            ("map_large", "AP large"),
+        ):
             lines.append(f"{label:<{width}}  {pct(result.get(key)):>11}")
     return "\n".join(lines)

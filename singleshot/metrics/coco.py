@@ -87,15 +87,21 @@ def bbox_iou(dt_xywh: np.ndarray, gt_xywh: np.ndarray, gt_crowd: np.ndarray) -> 
     """
     da = dt_xywh[:, 2] * dt_xywh[:, 3]
     ga = gt_xywh[:, 2] * gt_xywh[:, 3]
-    w = np.fmin(dt_xywh[:, 2] + dt_xywh[:, 0], gt_xywh[:, 2] + gt_xywh[:, 0]) - np.fmax(dt_xywh[:, 0], gt_xywh[:, 0])
-    h = np.fmin(dt_xywh[:, 3] + dt_xywh[:, 1], gt_xywh[:, 3] + gt_xywh[:, 1]) - np.fmax(dt_xywh[:, 1], gt_xywh[:, 1])
+    w = np.fmin(dt_xywh[:, 2] + dt_xywh[:, 0], gt_xywh[:, 2] + gt_xywh[:, 0]) - np.fmax(
+        dt_xywh[:, 0], gt_xywh[:, 0]
+    )
+    h = np.fmin(dt_xywh[:, 3] + dt_xywh[:, 1], gt_xywh[:, 3] + gt_xywh[:, 1]) - np.fmax(
+        dt_xywh[:, 1], gt_xywh[:, 1]
+    )
     i = w * h
     u = np.where(gt_crowd, da, da + ga - i)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((w > 0) & (h > 0), i / u, 0.0)
 
 
-def _group_pairs(det_keys: np.ndarray, gt_keys_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _group_pairs(
+    det_keys: np.ndarray, gt_keys_sorted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(detection, ground truth) pairs sharing a key; ground truths given sorted by key (stable).
 
     Returns pair_det [P], pair_gt [P] (positions in the sorted ground truths) and each detection's count.
@@ -149,8 +155,12 @@ def _match(
         matched[:n, :, :, r] = found
         matched_ignored[:n, :, :, r] = found & ig
         not_crowd = ~np.take_along_axis(np.broadcast_to(crowd[:n], hit.shape), last[..., None], -1)[..., 0]
-        np.put_along_axis(taken[:n], last[..., None], (found & not_crowd)[..., None]
-                          | np.take_along_axis(taken[:n], last[..., None], -1), -1)
+        np.put_along_axis(
+            taken[:n],
+            last[..., None],
+            (found & not_crowd)[..., None] | np.take_along_axis(taken[:n], last[..., None], -1),
+            -1,
+        )
     return matched, matched_ignored
 
 
@@ -161,7 +171,12 @@ def evaluate_coco(data: CocoData) -> tuple[np.ndarray, np.ndarray]:
         precision float64 [T=10, R=101, K, A=4, M=3] and recall float64 [T, K, A, M]; -1 where undefined.
     """
     num_k = len(data.category_ids)
-    num_t, num_r, num_a, num_m = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETECTIONS)
+    num_t, num_r, num_a, num_m = (
+        len(IOU_THRESHOLDS),
+        len(RECALL_THRESHOLDS),
+        len(AREA_RANGES),
+        len(MAX_DETECTIONS),
+    )
     precision = -np.ones((num_t, num_r, num_k, num_a, num_m))
     recall = -np.ones((num_t, num_k, num_a, num_m))
     max_det = MAX_DETECTIONS[-1]
@@ -184,7 +199,9 @@ def evaluate_coco(data: CocoData) -> tuple[np.ndarray, np.ndarray]:
     gt_xywh, gt_area = data.gt_xywh[gt_order], data.gt_area[gt_order]
     gt_crowd, gt_category = data.gt_crowd[gt_order], data.gt_category[gt_order]
     ranges = np.asarray(AREA_RANGES, dtype=np.float64)  # (A, 2)
-    gt_ignore = gt_crowd[None, :] | (gt_area[None, :] < ranges[:, :1]) | (gt_area[None, :] > ranges[:, 1:])  # (A, G)
+    gt_ignore = (
+        gt_crowd[None, :] | (gt_area[None, :] < ranges[:, :1]) | (gt_area[None, :] > ranges[:, 1:])
+    )  # (A, G)
     det_area = det_xywh[:, 2] * det_xywh[:, 3]
     det_outside = (det_area[None, :] < ranges[:, :1]) | (det_area[None, :] > ranges[:, 1:])  # (A, N)
 
@@ -197,19 +214,38 @@ def evaluate_coco(data: CocoData) -> tuple[np.ndarray, np.ndarray]:
     matched = np.zeros((num_a, num_t, num_det), dtype=bool)
     matched_ignored = np.zeros((num_a, num_t, num_det), dtype=bool)
     if candidate.any():
-        _match_all(candidate, det_group, pair_det, pair_iou, gt_group_sorted, gt_ignore, gt_crowd,
-                   matched, matched_ignored)
+        _match_all(
+            candidate,
+            det_group,
+            pair_det,
+            pair_iou,
+            gt_group_sorted,
+            gt_ignore,
+            gt_crowd,
+            matched,
+            matched_ignored,
+        )
     det_ignored = matched_ignored | (~matched & det_outside[:, None, :])  # (A, T, N)
 
     # Accumulate: per category, detections of all images by score (stable; image order, then rank).
     acc = np.lexsort((rank, det_image, -det_score, det_category))
     counted = ~det_ignored[:, :, acc]  # (A, T, N)
-    positives = np.stack([np.bincount(gt_category[~gt_ignore[a]], minlength=num_k) for a in range(num_a)])  # (A, K)
+    positives = np.stack(
+        [np.bincount(gt_category[~gt_ignore[a]], minlength=num_k) for a in range(num_a)]
+    )  # (A, K)
     present = np.zeros(num_k, dtype=bool)
     present[gt_category] = True
     present[det_category] = True
-    _accumulate(matched[:, :, acc] & counted, ~matched[:, :, acc] & counted, det_category[acc], rank[acc],
-                positives, present, precision, recall)
+    _accumulate(
+        matched[:, :, acc] & counted,
+        ~matched[:, :, acc] & counted,
+        det_category[acc],
+        rank[acc],
+        positives,
+        present,
+        precision,
+        recall,
+    )
     return precision, recall
 
 
@@ -251,7 +287,9 @@ def _accumulate(tps, fps, category, rank, positives, present, precision, recall)
             need = np.full(guess.shape, np.inf)
             for delta in (2.0, 1.0, 0.0, -1.0):
                 trial = guess + delta
-                need = np.where((trial >= 0) & (trial / npig_safe[:, None] >= thresholds[None, :]), trial, need)
+                need = np.where(
+                    (trial >= 0) & (trial / npig_safe[:, None] >= thresholds[None, :]), trial, need
+                )
             need = np.minimum(need, n + 1).astype(np.int64)  # beyond every count of the category
             if n == 0:  # no detections: precision and recall 0 where defined
                 recall[:, valid, a, m] = 0.0
@@ -280,8 +318,9 @@ def _accumulate(tps, fps, category, rank, positives, present, precision, recall)
                 precision[t, :, valid, a, m] = q[valid]
 
 
-def _match_all(candidate, det_group, pair_det, pair_iou, gt_group_sorted, gt_ignore, gt_crowd,
-               matched, matched_ignored) -> None:
+def _match_all(
+    candidate, det_group, pair_det, pair_iou, gt_group_sorted, gt_ignore, gt_crowd, matched, matched_ignored
+) -> None:
     """Run ``_match`` over every (image, category) group holding a candidate detection.
 
     Groups are batched in buckets of similar sizes (powers of two of ground truths and candidates) so that
@@ -302,7 +341,9 @@ def _match_all(candidate, det_group, pair_det, pair_iou, gt_group_sorted, gt_ign
         slot_rank = np.arange(len(slot_group)) - np.repeat(np.cumsum(counts) - counts, counts)
         slot_cand = group_first[members][slot_group] + slot_rank  # index into cand
         rows = np.repeat(np.arange(len(slot_cand)), n_gt[slot_group])  # one row per (candidate, gt) pair
-        col = np.arange(len(rows)) - np.repeat(np.cumsum(n_gt[slot_group]) - n_gt[slot_group], n_gt[slot_group])
+        col = np.arange(len(rows)) - np.repeat(
+            np.cumsum(n_gt[slot_group]) - n_gt[slot_group], n_gt[slot_group]
+        )
         ious = np.full((p, d, g), -1.0)
         ious[slot_group[rows], slot_rank[rows], col] = pair_iou[pair_first[slot_cand][rows] + col]
         valid = np.arange(g)[None, :] < n_gt[:, None]  # (p, g)
@@ -353,17 +394,33 @@ def to_coco_dicts(data: CocoData) -> tuple[dict, list[dict]]:
         "images": [{"id": i} for i in images],
         "categories": [{"id": c, "name": str(c)} for c in cats],
         "annotations": [
-            {"id": n + 1, "image_id": images[i], "category_id": cats[c], "bbox": b, "area": area,
-             "iscrowd": int(crowd)}
-            for n, (i, c, b, area, crowd) in enumerate(zip(data.gt_image.tolist(), data.gt_category.tolist(),
-                                                         data.gt_xywh.tolist(), data.gt_area.tolist(),
-                                                         data.gt_crowd.tolist()))
+            {
+                "id": n + 1,
+                "image_id": images[i],
+                "category_id": cats[c],
+                "bbox": b,
+                "area": area,
+                "iscrowd": int(crowd),
+            }
+            for n, (i, c, b, area, crowd) in enumerate(
+                zip(
+                    data.gt_image.tolist(),
+                    data.gt_category.tolist(),
+                    data.gt_xywh.tolist(),
+                    data.gt_area.tolist(),
+                    data.gt_crowd.tolist(),
+                )
+            )
         ],
     }
     results = [
         {"image_id": images[i], "category_id": cats[c], "bbox": b, "score": s}
-        for i, c, b, s in zip(data.det_image.tolist(), data.det_category.tolist(), data.det_xywh.tolist(),
-                              data.det_score.tolist())
+        for i, c, b, s in zip(
+            data.det_image.tolist(),
+            data.det_category.tolist(),
+            data.det_xywh.tolist(),
+            data.det_score.tolist(),
+        )
     ]
     return gt, results
 
@@ -412,5 +469,8 @@ def run_library(data: CocoData, engine: str) -> tuple[list[float], np.ndarray, n
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return ([float(s) for s in evaluator.stats[:12]], np.asarray(evaluator.eval["precision"]),
-            np.asarray(evaluator.eval["recall"]))
+    return (
+        [float(s) for s in evaluator.stats[:12]],
+        np.asarray(evaluator.eval["precision"]),
+        np.asarray(evaluator.eval["recall"]),
+    )

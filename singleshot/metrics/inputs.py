@@ -62,7 +62,9 @@ def flatten(predictions: Sequence[Mapping], targets: Sequence[Mapping]) -> FlatS
         targets: per image ``{"boxes": [n, 4], "labels": [n]}``, optionally ``"difficult"``, ``"iscrowd"``.
     """
     if len(predictions) != len(targets):
-        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets: pass one of each per image")
+        raise ValueError(
+            f"{len(predictions)} predictions for {len(targets)} targets: pass one of each per image"
+        )
     images = np.arange(len(targets), dtype=np.int64)
     det_boxes = _column([p["boxes"] for p in predictions], np.float64, (4,))
     det_scores = _column([p["scores"] for p in predictions], np.float64, ())
@@ -81,8 +83,9 @@ def flatten(predictions: Sequence[Mapping], targets: Sequence[Mapping]) -> FlatS
         if all(v is None for v in values):
             flags[key] = np.zeros(len(gt_labels), dtype=bool)
         else:
-            flags[key] = _column([np.zeros(n, dtype=bool) if v is None else v for v, n in zip(values, gt_counts)],
-                                 bool, ())
+            flags[key] = _column(
+                [np.zeros(n, dtype=bool) if v is None else v for v, n in zip(values, gt_counts)], bool, ()
+            )
             if len(flags[key]) != len(gt_labels):
                 raise ValueError(f"targets hold different numbers of boxes and {key!r} flags")
     return FlatSet(

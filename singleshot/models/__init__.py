@@ -1,9 +1,9 @@
 """SSD networks, the model zoo, torchvision conversion and checkpoints.
 
-    from singleshot.models import build_model, load_checkpoint
-    model = build_model("ssd300_vgg16", num_classes=21, backbone_weights="torchvision")
-    detections = model.predict([image])                 # list of {"boxes", "scores", "labels"}
-    model = load_checkpoint("runs/a/best.pt")          # rebuilt from the file alone
+from singleshot.models import build_model, load_checkpoint
+model = build_model("ssd300_vgg16", num_classes=21, backbone_weights="torchvision")
+detections = model.predict([image])                 # list of {"boxes", "scores", "labels"}
+model = load_checkpoint("runs/a/best.pt")          # rebuilt from the file alone
 """
 
 from singleshot.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint

@@ -155,7 +155,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist; check the path (training writes last.pt and best.pt)")
+        raise UserError(
+            f"checkpoint {path} does not exist; check the path (training writes last.pt and best.pt)"
+        )
     try:
         torch_file = _is_torch_file(path)
     except PermissionError:
@@ -181,7 +183,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         hint = ""
         if isinstance(data, dict) and any(str(k).startswith("head.classification_head") for k in data):
             hint = " (it looks like a torchvision SSD state dict: convert it with singleshot.models.from_torchvision)"
-        raise UserError(f"{path} is not a singleshot checkpoint{hint}; give a file written by 'singleshot train'")
+        raise UserError(
+            f"{path} is not a singleshot checkpoint{hint}; give a file written by 'singleshot train'"
+        )
     if not isinstance(data.get("version"), int) or data["version"] > VERSION:
         raise UserError(
             f"checkpoint {path} has format version {data.get('version')!r}, newer than this singleshot "
@@ -189,9 +193,13 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         )
     for key, kind in _FIELDS.items():
         if not isinstance(data.get(key), kind):
-            raise UserError(f"checkpoint {path} is damaged: its {key!r} entry is missing or not a {kind.__name__}")
+            raise UserError(
+                f"checkpoint {path} is damaged: its {key!r} entry is missing or not a {kind.__name__}"
+            )
     priors = data.get("priors")
-    if data["version"] >= 2 and not (isinstance(priors, Tensor) and priors.ndim == 2 and priors.shape[1] == 4):
+    if data["version"] >= 2 and not (
+        isinstance(priors, Tensor) and priors.ndim == 2 and priors.shape[1] == 4
+    ):
         raise UserError(f"checkpoint {path} is damaged: its 'priors' entry is missing or not a Tensor[P, 4]")
     if not all(isinstance(v, Tensor) for v in data["state_dict"].values()):
         raise UserError(f"checkpoint {path} is damaged: its weights are not all tensors")

@@ -34,11 +34,15 @@ def _c4_position(features: nn.Sequential) -> int:
 def _extra_block(in_channels: int, out_channels: int, norm_layer=BatchNorm2d) -> nn.Sequential:
     mid = out_channels // 2
     return nn.Sequential(
-        Conv2dNormActivation(in_channels, mid, kernel_size=1, norm_layer=norm_layer, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(
+            in_channels, mid, kernel_size=1, norm_layer=norm_layer, activation_layer=nn.ReLU6
+        ),
         Conv2dNormActivation(
             mid, mid, kernel_size=3, stride=2, groups=mid, norm_layer=norm_layer, activation_layer=nn.ReLU6
         ),
-        Conv2dNormActivation(mid, out_channels, kernel_size=1, norm_layer=norm_layer, activation_layer=nn.ReLU6),
+        Conv2dNormActivation(
+            mid, out_channels, kernel_size=1, norm_layer=norm_layer, activation_layer=nn.ReLU6
+        ),
     )
 
 
@@ -95,7 +99,10 @@ def convert_mobilenet_v3_state_dict(
     ``features.0.{c4}``; its other layers ``features.{c4}.block.{j}`` -> ``features.1.0.{j}``; later
     blocks ``features.{i}`` -> ``features.1.{i - c4}``. The classifier is dropped.
     """
-    if "features.0.0.weight" not in state_dict or f"features.{c4_position}.block.0.0.weight" not in state_dict:
+    if (
+        "features.0.0.weight" not in state_dict
+        or f"features.{c4_position}.block.0.0.weight" not in state_dict
+    ):
         raise UserError(
             f"{source} is not a torchvision mobilenet_v3_large state dict; pass the file saved from "
             "torchvision.models.mobilenet_v3_large().state_dict()"
@@ -131,7 +138,9 @@ def _check_shapes(model_state: dict[str, Tensor], loaded: dict[str, Tensor], sou
             )
 
 
-def load_mobilenet_v3_weights(backbone: MobileNetV3Backbone, state_dict: dict[str, Tensor], source: str) -> None:
+def load_mobilenet_v3_weights(
+    backbone: MobileNetV3Backbone, state_dict: dict[str, Tensor], source: str
+) -> None:
     """Copy ImageNet weights into ``backbone`` (its extra layers keep their initialisation)."""
     converted = convert_mobilenet_v3_state_dict(state_dict, backbone.c4_position, source)
     own = backbone.state_dict()

@@ -41,7 +41,9 @@ class SmallBackbone(nn.Module):
         self.stages = nn.ModuleList(
             [
                 nn.Sequential(
-                    _conv_bn_relu(3, w, 2), _conv_bn_relu(w, 2 * w, 2), _conv_bn_relu(2 * w, 4 * w, 2),
+                    _conv_bn_relu(3, w, 2),
+                    _conv_bn_relu(w, 2 * w, 2),
+                    _conv_bn_relu(2 * w, 4 * w, 2),
                     _conv_bn_relu(4 * w, 4 * w),
                 ),
                 nn.Sequential(_conv_bn_relu(4 * w, 8 * w, 2), _conv_bn_relu(8 * w, 8 * w)),

@@ -36,7 +36,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
     """An int or ``(h, w)`` -> ``(h, w)`` of positive ints."""
-    pair = (size, size) if isinstance(size, numbers.Number) else tuple(size) if isinstance(size, Sequence) else ()
+    pair = (
+        (size, size)
+        if isinstance(size, numbers.Number)
+        else tuple(size)
+        if isinstance(size, Sequence)
+        else ()
+    )
     if len(pair) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in pair):
         raise UserError(f"image size must be a positive int or a (height, width) pair of them, got {size!r}")
     return int(pair[0]), int(pair[1])
@@ -80,7 +86,9 @@ class SSDHead(nn.Module):
     ) -> None:
         super().__init__()
         if len(in_channels) != len(boxes_per_cell):
-            raise ValueError(f"{len(in_channels)} source maps but {len(boxes_per_cell)} boxes-per-cell values")
+            raise ValueError(
+                f"{len(in_channels)} source maps but {len(boxes_per_cell)} boxes-per-cell values"
+            )
         self.in_channels = list(in_channels)
         self.boxes_per_cell = list(boxes_per_cell)
         self.num_classes = num_classes
@@ -122,9 +130,15 @@ class SSDHead(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         cls_logits = torch.cat(
-            [_flatten_prediction(layer(f), self.num_classes) for layer, f in zip(self.classification, features)], 1
+            [
+                _flatten_prediction(layer(f), self.num_classes)
+                for layer, f in zip(self.classification, features)
+            ],
+            1,
         )
-        box_deltas = torch.cat([_flatten_prediction(layer(f), 4) for layer, f in zip(self.regression, features)], 1)
+        box_deltas = torch.cat(
+            [_flatten_prediction(layer(f), 4) for layer, f in zip(self.regression, features)], 1
+        )
         return cls_logits, box_deltas
 
 
@@ -184,7 +198,9 @@ class SSD(nn.Module):
         if num_classes < 2:
             raise UserError(f"num_classes must be at least 2 (background and one class), got {num_classes}")
         if list(head.in_channels) != list(backbone.out_channels):
-            raise ValueError(f"head in_channels {head.in_channels} != backbone out_channels {backbone.out_channels}")
+            raise ValueError(
+                f"head in_channels {head.in_channels} != backbone out_channels {backbone.out_channels}"
+            )
         if head.boxes_per_cell != boxes_per_cell(aspect_ratios):
             raise ValueError(f"head boxes per cell {head.boxes_per_cell} do not follow from {aspect_ratios}")
         if head.num_classes != num_classes:
@@ -365,7 +381,9 @@ class SSD(nn.Module):
         """Tensor[B, 3, h, w] -> Tensor[B, 3, H, W] at ``image_size``: bilinear, half-pixel centres."""
         if tuple(x.shape[-2:]) == self._image_size:
             return x
-        return F.interpolate(x, size=self._image_size, mode="bilinear", align_corners=False, antialias=self.antialias)
+        return F.interpolate(
+            x, size=self._image_size, mode="bilinear", align_corners=False, antialias=self.antialias
+        )
 
     def preprocess(self, images: Sequence[Tensor]) -> Tensor:
         """Images Tensor[3, h_i, w_i] (uint8 or float in [0, 1], any sizes) -> normalised Tensor[B, 3, H, W].
@@ -401,7 +419,9 @@ class SSD(nn.Module):
         finally:
             self.train(training)
         sizes = [tuple(im.shape[-2:]) for im in images]
-        return postprocess(cls_logits.float(), box_deltas.float(), self.priors.float(), sizes, **self.postprocess_settings())
+        return postprocess(
+            cls_logits.float(), box_deltas.float(), self.priors.float(), sizes, **self.postprocess_settings()
+        )
 
     @torch.no_grad()
     def infer(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -441,8 +461,16 @@ class _FusedConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups, self.activation,
-            self.scalars, "",
+            x,
+            self.weight,
+            self.bias,
+            self.padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+            self.activation,
+            self.scalars,
+            "",
         )
 
 
@@ -458,7 +486,11 @@ def _folded(conv: nn.Conv2d, norm: nn.BatchNorm2d | None) -> tuple[Tensor, Tenso
 
 
 def _fusable(conv: nn.Module) -> bool:
-    return type(conv) in (nn.Conv2d, WinogradTrainable) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    return (
+        type(conv) in (nn.Conv2d, WinogradTrainable)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
 
 
 def _fuse_convolutions(module: nn.Module, *, winograd: bool = True) -> None:
@@ -539,7 +571,9 @@ def _inference_network(model: SSD) -> nn.Module:
     return cached[1]
 
 
-_FUSING_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_FUSING_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_convolution_pointwise"
+)
 
 
 def meta_call(module: nn.Module, input_shape: Sequence[int]):

@@ -69,7 +69,9 @@ _ASPECT_RATIOS = {
 def _detect_arch(state: dict[str, Tensor]) -> str:
     if "backbone.scale_weight" in state:
         if any(k.startswith("backbone.extra.5.") for k in state):
-            raise UserError("torchvision's high-resolution (SSD512-style) VGG extractor is not supported; convert ssd300_vgg16")
+            raise UserError(
+                "torchvision's high-resolution (SSD512-style) VGG extractor is not supported; convert ssd300_vgg16"
+            )
         return "ssd300_vgg16"
     if "head.classification_head.module_list.0.1.weight" in state and "backbone.extra.0.0.0.weight" in state:
         return "ssdlite320_mobilenet_v3_large"
@@ -111,11 +113,17 @@ def _settings_from_module(model: nn.Module, arch: str) -> dict:
     """Pre-processing, default boxes and post-processing settings of a torchvision SSD module."""
     transform, anchors = model.transform, model.anchor_generator
     if [list(r) for r in anchors.aspect_ratios] != _ASPECT_RATIOS[arch]:
-        raise UserError(f"aspect ratios {anchors.aspect_ratios} differ from {arch}'s; this model cannot be converted")
+        raise UserError(
+            f"aspect ratios {anchors.aspect_ratios} differ from {arch}'s; this model cannot be converted"
+        )
     if tuple(model.box_coder.weights) != (10.0, 10.0, 5.0, 5.0):
-        raise UserError(f"box coder weights {model.box_coder.weights} differ from (10, 10, 5, 5); cannot convert")
+        raise UserError(
+            f"box coder weights {model.box_coder.weights} differ from (10, 10, 5, 5); cannot convert"
+        )
     if transform.fixed_size is None:
-        raise UserError("the torchvision model does not resize to a fixed size; SSD models do, and singleshot needs it")
+        raise UserError(
+            "the torchvision model does not resize to a fixed size; SSD models do, and singleshot needs it"
+        )
     width, height = transform.fixed_size
     return {
         "image_size": [int(height), int(width)],
@@ -162,7 +170,9 @@ def from_torchvision(model_or_state_dict: nn.Module | dict[str, Tensor], arch: s
         settings["reduced_tail"] = int(state["backbone.extra.0.0.0.weight"].shape[1]) != 960
     num_classes, rest = divmod(int(first_cls.shape[0]), boxes_per_cell(_ASPECT_RATIOS[arch])[0])
     if rest:
-        raise UserError(f"the classification head of this {arch} has {first_cls.shape[0]} outputs, not a multiple of its boxes")
+        raise UserError(
+            f"the classification head of this {arch} has {first_cls.shape[0]} outputs, not a multiple of its boxes"
+        )
 
     model = build_model(arch, num_classes, **settings)
     missing, unexpected = model.load_state_dict(convert_state_dict(state, arch), strict=False)

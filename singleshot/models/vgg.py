@@ -68,7 +68,9 @@ class L2Norm(nn.Module):
         return y.to(x.dtype)
 
 
-def _extra_stage(in_channels: int, mid: int, out: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
+def _extra_stage(
+    in_channels: int, mid: int, out: int, kernel: int, stride: int, padding: int
+) -> nn.Sequential:
     """1x1 reduction then the spatial convolution, each followed by ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, mid, kernel_size=1),
@@ -145,14 +147,19 @@ def subsample_fc7(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
     return weight[::4, ::4].reshape(1024, 1024, 1, 1).contiguous(), bias[::4].contiguous()
 
 
-def convert_vgg16_state_dict(state_dict: dict[str, Tensor], source: str = "the state dict") -> dict[str, Tensor]:
+def convert_vgg16_state_dict(
+    state_dict: dict[str, Tensor], source: str = "the state dict"
+) -> dict[str, Tensor]:
     """A torchvision ``vgg16`` (ImageNet) state dict -> the matching part of a :class:`VGG16Backbone`'s.
 
     Returns the keys of ``conv4``, ``conv5``, ``fc6`` and ``fc7`` (the extra layers and the L2Norm
     scale keep their initialisation). Raises UserError naming ``source`` when a key is missing or has
     the wrong shape (e.g. a ``vgg16_bn`` state dict).
     """
-    expected = {f"features.{i}.weight" for i in VGG16_CONV_INDICES} | {"classifier.0.weight", "classifier.3.weight"}
+    expected = {f"features.{i}.weight" for i in VGG16_CONV_INDICES} | {
+        "classifier.0.weight",
+        "classifier.3.weight",
+    }
     missing = sorted(expected - set(state_dict))
     if missing:
         raise UserError(

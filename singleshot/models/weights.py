@@ -58,7 +58,9 @@ def read_state_dict(path: str | os.PathLike, what: str = "state dict") -> dict[s
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise UserError(f"{path} does not hold a {what} (a dict of tensors); save one with torch.save(model.state_dict(), path)")
+        raise UserError(
+            f"{path} does not hold a {what} (a dict of tensors); save one with torch.save(model.state_dict(), path)"
+        )
     return data
 
 

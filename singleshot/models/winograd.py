@@ -75,7 +75,9 @@ def winograd_weight(weight: Tensor) -> Tensor:
         matrix the transformed input tiles are multiplied with.
     """
     if weight.dim() != 4 or weight.shape[-2:] != (3, 3):
-        raise ValueError(f"winograd_weight expects Tensor[C_out, C_in, 3, 3], got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"winograd_weight expects Tensor[C_out, C_in, 3, 3], got shape {tuple(weight.shape)}"
+        )
     return _transformed(weight.detach().double(), _G).float().contiguous()
 
 
@@ -133,7 +135,9 @@ def _pad_to_tiles(x: Tensor) -> tuple[Tensor, int, int]:
     return F.pad(x, (0, 0, 1, _BLOCK * cols + 1 - w, 1, _BLOCK * rows + 1 - h)), rows, cols
 
 
-def _forward(x: Tensor, transformed: Tensor, bias: Tensor | None, tiles: list[Tensor] | None = None) -> Tensor:
+def _forward(
+    x: Tensor, transformed: Tensor, bias: Tensor | None, tiles: list[Tensor] | None = None
+) -> Tensor:
     """The convolution of :func:`conv3x3_winograd` (no ReLU), chunk by chunk of images; the transformed input
     tiles of each chunk are appended to ``tiles`` when given (for a backward pass)."""
     n, h, w, c = x.shape
@@ -151,7 +155,9 @@ def _forward(x: Tensor, transformed: Tensor, bias: Tensor | None, tiles: list[Te
     return out
 
 
-def conv3x3_winograd(x: Tensor, transformed: Tensor, bias: Tensor | None = None, *, relu: bool = False) -> Tensor:
+def conv3x3_winograd(
+    x: Tensor, transformed: Tensor, bias: Tensor | None = None, *, relu: bool = False
+) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` (then ReLU if ``relu``) by F(4x4, 3x3), channels last.
 
     Args:
@@ -256,7 +262,11 @@ class _Winograd3x3(torch.autograd.Function):
             # The adjoint of A^T m A: grad_out zero-padded to whole blocks, then A (x) A applied.
             blocks = grad_out.new_zeros(k, rows * _BLOCK, cols * _BLOCK, c_out)
             blocks[:, :h, :w] = grad_out[start:stop]
-            gy = blocks.view(k, rows, _BLOCK, cols, _BLOCK, c_out).permute(2, 4, 0, 1, 3, 5).reshape(_BLOCK**2, -1)
+            gy = (
+                blocks.view(k, rows, _BLOCK, cols, _BLOCK, c_out)
+                .permute(2, 4, 0, 1, 3, 5)
+                .reshape(_BLOCK**2, -1)
+            )
             gm = torch.mm(_OUTPUT.T, gy).view(_TILE * _TILE, k * rows * cols, c_out)
             if grad_transformed is not None:
                 grad_transformed.baddbmm_(v.transpose(1, 2), gm)

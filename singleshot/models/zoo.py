@@ -59,7 +59,9 @@ def _get_builder(name: str) -> Callable[..., SSD]:
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, list(_BUILDERS), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        raise UserError(f"unknown model {name!r}; {hint}choose one of {', '.join(_BUILDERS)} (see 'singleshot models')")
+        raise UserError(
+            f"unknown model {name!r}; {hint}choose one of {', '.join(_BUILDERS)} (see 'singleshot models')"
+        )
     return _BUILDERS[name]
 
 
@@ -86,9 +88,13 @@ def build_model(name: str, num_classes: int, **overrides) -> SSD:
         if key not in accepted:
             close = difflib.get_close_matches(key, sorted(accepted), n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise UserError(f"model {name} has no option {key!r}; {hint}options: {', '.join(sorted(accepted))}")
+            raise UserError(
+                f"model {name} has no option {key!r}; {hint}options: {', '.join(sorted(accepted))}"
+            )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise UserError(f"num_classes must be an int of at least 2 (background + one class), got {num_classes!r}")
+        raise UserError(
+            f"num_classes must be an int of at least 2 (background + one class), got {num_classes!r}"
+        )
     model = builder(num_classes, **overrides)
     model.arch = name
     model.arch_args = _resolved_arguments(builder, model, overrides)
@@ -125,7 +131,9 @@ def _plain(value):
 def _scales(scales: str | Sequence[float], presets: dict[str, dict], model: str) -> list[float]:
     if isinstance(scales, str):
         if scales not in presets:
-            raise UserError(f"{model}: unknown scales preset {scales!r}; use one of {', '.join(presets)} or a list")
+            raise UserError(
+                f"{model}: unknown scales preset {scales!r}; use one of {', '.join(presets)} or a list"
+            )
         return list(presets[scales]["scales"])
     return [float(s) for s in scales]
 
@@ -187,7 +195,9 @@ def ssd300_vgg16(
     ``backbone_weights``: "torchvision" or the path of a torchvision ``vgg16`` state dict (ImageNet).
     """
     presets = {"voc": SSD300_VOC, "coco": SSD300_COCO, "torchvision": TORCHVISION_SSD300}
-    return _vgg_ssd("ssd300", SSD300_VOC, presets, num_classes, image_size, scales, steps, clip, backbone_weights, kwargs)
+    return _vgg_ssd(
+        "ssd300", SSD300_VOC, presets, num_classes, image_size, scales, steps, clip, backbone_weights, kwargs
+    )
 
 
 @register_model
@@ -207,7 +217,9 @@ def ssd512_vgg16(
     ``backbone_weights``: "torchvision" or the path of a torchvision ``vgg16`` state dict (ImageNet).
     """
     presets = {"voc": SSD512_VOC}
-    return _vgg_ssd("ssd512", SSD512_VOC, presets, num_classes, image_size, scales, steps, clip, backbone_weights, kwargs)
+    return _vgg_ssd(
+        "ssd512", SSD512_VOC, presets, num_classes, image_size, scales, steps, clip, backbone_weights, kwargs
+    )
 
 
 # torchvision's SSDLite default boxes: DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95) gives the
@@ -243,7 +255,13 @@ def ssdlite320_mobilenet_v3_large(
     if backbone_weights is not None:
         state, source = backbone_state_dict(backbone_weights, "mobilenet_v3_large")
         load_mobilenet_v3_weights(backbone, state, source)
-    head = SSDHead(backbone.out_channels, boxes_per_cell(aspect_ratios), num_classes, separable=True, norm_layer=BatchNorm2d)
+    head = SSDHead(
+        backbone.out_channels,
+        boxes_per_cell(aspect_ratios),
+        num_classes,
+        separable=True,
+        norm_layer=BatchNorm2d,
+    )
     kwargs = {
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
