@@ -16,6 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check singleshot tests
+	$(BIN)/ruff format --check singleshot tests
 	$(BIN)/python -m pytest -q -n 2
 
 demo: $(STAMP)
@@ -26,6 +27,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check singleshot tests
+	$(BIN)/ruff format --check singleshot tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs
