@@ -1,7 +1,7 @@
 """Default boxes ("priors") of SSD.
 
 Every source feature map k of size (h_k, w_k) carries, in each cell, boxes of scale s_k and the
-aspect ratios of that layer (paper section 2.2; ``../shared/SSD-REFERENCE.md``):
+aspect ratios of that layer (paper section 2.2; docs/reference.md):
 
     s_k = s_min + (s_max - s_min) (k - 1) / (m - 1),        k = 1 .. m + 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from singleshot.cli import main
@@ -21,7 +22,14 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     with Image.open(out / "gallery.png") as gallery:
         assert gallery.format == "PNG" and gallery.width >= 64 * 4  # a grid of 4 columns of 64 px test images
     results = json.loads((out / "results.json").read_text())
-    assert results["split"] == "test" and results["metric"] == "voc07" and 0 <= results["map"] <= 1
+    assert results["split"] == "test" and results["metric"] == "voc07"
+    assert sorted(results["per_class"]) == ["circle", "cross", "square", "star", "triangle"]
+    assert results["map"] == pytest.approx(sum(results["per_class"].values()) / 5)  # the mean of the 5 APs
+    # The quick run trains 3 steps on 12 images and tests on 7. Measured held-out VOC07 mAP (2026-12-01,
+    # 2-core Intel Xeon, torch 2.14): seeds 0 / 1 / 2 gave 0.0094 / 0.0072 / 0.0393; the same test sets
+    # scored by 3 untrained (re-initialised) models gave 0.0-0.0008. The floor is below the worst trained run
+    # and 4x above the best untrained one: the run must have learnt something.
+    assert results["map"] > 0.003
     summary = (out / "summary.md").read_text()
     assert "held-out test split: VOC07 mAP" in summary and "gallery.png" in summary
     printed = capsys.readouterr().out
