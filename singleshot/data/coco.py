@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from singleshot.data.dataset import ImageRecord, Problem, ReadResult, validate_box
+from singleshot.data.records import ImageRecord, Problem, ReadResult, validate_box
 from singleshot.errors import UserError
 
 ROBOFLOW_FILE = "_annotations.coco.json"

@@ -23,15 +23,15 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from singleshot.data.dataset import (
+from singleshot.data.images import is_image_file
+from singleshot.data.records import (
     ImageRecord,
     Problem,
     ReadResult,
     names_from_annotations,
-    read_class_names,
+    read_names_file,
     validate_box,
 )
-from singleshot.data.images import is_image_file
 from singleshot.errors import UserError
 
 COORDS = ("xmin", "ymin", "xmax", "ymax")
@@ -186,7 +186,7 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
 
     if classes is None:
         if (root / "classes.txt").is_file():
-            classes = read_class_names(root / "classes.txt")
+            classes = read_names_file(root / "classes.txt")
         else:
             found: set[str] = set()
             listed = {p[0] for p in parsed}

@@ -691,7 +691,7 @@ class Trainer:
 
 def _evaluation_split(splits: list[str]) -> str | None:
     """The split to validate on: the first of ``splits`` starting with test, then val ... (val2017 counts)."""
-    from singleshot.data.dataset import EVAL_SPLITS
+    from singleshot.data.records import EVAL_SPLITS
 
     return next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), None)
 
