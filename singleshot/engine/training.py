@@ -14,6 +14,10 @@ Ctrl-C (SIGINT, or SIGTERM as torchrun sends it) asks the loop to stop after the
 ``last.pt`` at that step and says how to resume; a second Ctrl-C quits at once. Resuming restores the
 model, optimizer, schedule, gradient scaler, the position in the epoch and the random states, and
 gives the same weights as a run that was never stopped.
+
+The batches come from :mod:`singleshot.engine.loader`; where the run stands (epoch, step, history, best mAP,
+the partial sums of an epoch) is a :class:`~singleshot.engine.run_state.RunState`, saved in ``last.pt``; the
+data sets are chosen by :mod:`singleshot.data.policy`.
 """
 
 from __future__ import annotations
@@ -501,7 +505,6 @@ class Trainer:
         """``last.pt`` (rank 0): the model and everything a resume needs to continue from ``state``."""
         from singleshot.models import save_checkpoint
 
-        self._stopped_at = (state.epoch, state.step)
         if not self.world.is_main:
             return
         save_checkpoint(
@@ -540,8 +543,8 @@ class Trainer:
             self._write_records(out, state.history, config)
             if interrupted:
                 self._say(
-                    f"stopped in epoch {self._stopped_at[0] + 1}/{config.epochs} after step "
-                    f"{self._stopped_at[1]}/{run.steps_per_epoch}; saved {out / 'last.pt'}; continue with: "
+                    f"stopped in epoch {state.epoch + 1}/{config.epochs} after step "
+                    f"{state.step}/{run.steps_per_epoch}; saved {out / 'last.pt'}; continue with: "
                     f"singleshot train --resume {out / 'last.pt'}"
                 )
         distributed.barrier(self.world)
