@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from singleshot.data import default_split, open_dataset
     from singleshot.engine import distributed, predict_dataset
     from singleshot.engine.evaluation import score
-    from singleshot.engine.training import default_workers
+    from singleshot.engine.loader import default_workers
     from singleshot.metrics import format_ap_table
     from singleshot.models import load_checkpoint
 

@@ -1,4 +1,4 @@
-"""Data: VOC / COCO / YOLO readers, synthetic data, the paper's augmentation and data checks.
+"""Data: VOC / COCO / YOLO readers, the data-set policy of training, synthetic data, the paper's augmentation and data checks.
 
 ::
 
@@ -10,13 +10,8 @@
 """
 
 from singleshot.data.check import CheckReport, check_data, check_dataset
-from singleshot.data.dataset import (
-    FORMATS,
-    VOC_CLASSES,
-    DetectionDataset,
-    ImageInfo,
-    Problem,
-    collate,
+from singleshot.data.dataset import DetectionDataset, collate
+from singleshot.data.formats import (
     default_split,
     describe_drops,
     detect_format,
@@ -25,6 +20,7 @@ from singleshot.data.dataset import (
     read_class_names,
 )
 from singleshot.data.images import load_image, read_image_header
+from singleshot.data.records import FORMATS, VOC_CLASSES, ImageInfo, Problem
 from singleshot.data.synth import SHAPES, synthesize
 from singleshot.data.transforms import EvalTransform, TrainTransform, photometric_distort, sample_iou_crop
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from singleshot.data.dataset import ImageRecord, Problem, ReadResult, validate_box
+from singleshot.data.records import ImageRecord, Problem, ReadResult, validate_box
 from singleshot.errors import UserError
 
 ROBOFLOW_FILE = "_annotations.coco.json"
@@ -154,10 +154,22 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             ],
         )
     annotations = data.get("annotations") or []
+    cats = _categories(data["categories"], file, problems)
+    class_names, label_of, cat_ids = _labels(cats, classes)
+    if not cats and not problems:
+        problems.append(Problem(file, "the file defines no categories"))
+    images = _images(data["images"], file, split, problems)
+    per_image = _objects(annotations, images, cats, label_of, file, problems)
+    image_dir = _pick_image_dir(json_path, root, split, [im["file_name"] for im in images.values()])
+    records = _records(images, per_image, image_dir, json_path, problems)
+    extra = {"coco_category_ids": list(cat_ids), "annotation_file": file}
+    return ReadResult(records, class_names, problems, extra=extra)
 
-    # categories -> labels
+
+def _categories(categories: list, file: str, problems: list[Problem]) -> dict[int, str]:
+    """category id -> name, for the well-formed categories (the others are described in ``problems``)."""
     cats: dict[int, str] = {}
-    for k, c in enumerate(data["categories"]):
+    for k, c in enumerate(categories):
         cid, name = (c.get("id"), c.get("name")) if isinstance(c, dict) else (None, None)
         if not _is_int(cid) or not isinstance(name, str) or not name.strip():
             problems.append(
@@ -177,6 +189,12 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             )
         else:
             cats[cid] = name.strip()
+    return cats
+
+
+def _labels(cats: dict[int, str], classes: list[str] | None) -> tuple[list[str], dict[int, int], list[int]]:
+    """``(class names, category id -> label, category id of each label (-1: not in the file))``: the
+    categories by id, or ``classes`` (matched by name) when given."""
     if classes is None:
         cat_ids = sorted(cats)
         class_names = [cats[c] for c in cat_ids]
@@ -187,12 +205,13 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         label_of = {c: by_name[n] for c, n in cats.items() if n in by_name}
         name_to_id = {n: c for c, n in cats.items()}
         cat_ids = [name_to_id.get(n, -1) for n in class_names]
-    if not cats and not problems:
-        problems.append(Problem(file, "the file defines no categories"))
+    return class_names, label_of, cat_ids
 
-    # images
+
+def _images(entries: list, file: str, split: str | None, problems: list[Problem]) -> dict[int, dict]:
+    """image id -> ``{"file_name", "width", "height"}`` (sizes None when not given)."""
     images: dict[int, dict] = {}
-    for k, im in enumerate(data["images"]):
+    for k, im in enumerate(entries):
         iid = im.get("id") if isinstance(im, dict) else None
         name = im.get("file_name") if isinstance(im, dict) else None
         if not _is_int(iid) or not isinstance(name, str) or not name:
@@ -223,8 +242,18 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         problems.append(
             Problem(file, "the file lists no images" + (f" (split {split!r} is empty)" if split else ""))
         )
+    return images
 
-    # annotations
+
+def _objects(
+    annotations: list,
+    images: dict[int, dict],
+    cats: dict[int, str],
+    label_of: dict[int, int],
+    file: str,
+    problems: list[Problem],
+) -> dict[int, list]:
+    """image id -> ``[(xyxy pixel box, label, iscrowd)]`` for the valid annotations."""
     per_image: dict[int, list] = {i: [] for i in images}
     seen_ann: set = set()
     for k, a in enumerate(annotations):
@@ -269,7 +298,18 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             continue
         per_image[iid].append((box, label_of[cid], bool(a.get("iscrowd", 0))))
 
-    image_dir = _pick_image_dir(json_path, root, split, [im["file_name"] for im in images.values()])
+    return per_image
+
+
+def _records(
+    images: dict[int, dict],
+    per_image: dict[int, list],
+    image_dir: Path,
+    json_path: Path,
+    problems: list[Problem],
+) -> list[ImageRecord]:
+    """The records of the images whose files exist (missing ones are described in ``problems``)."""
+    file = str(json_path)
     listing = set(os.listdir(image_dir)) if image_dir.is_dir() else set()
     records = []
     for iid, im in images.items():
@@ -298,8 +338,7 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
                 source=file,
             )
         )
-    extra = {"coco_category_ids": list(cat_ids), "annotation_file": file}
-    return ReadResult(records, class_names, problems, extra=extra)
+    return records
 
 
 def write_json(path: Path, images: list[dict], annotations: list[dict], class_names: list[str]) -> None:

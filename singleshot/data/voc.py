@@ -23,15 +23,15 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from singleshot.data.dataset import (
+from singleshot.data.images import is_image_file
+from singleshot.data.records import (
     ImageRecord,
     Problem,
     ReadResult,
     names_from_annotations,
-    read_class_names,
+    read_names_file,
     validate_box,
 )
-from singleshot.data.images import is_image_file
 from singleshot.errors import UserError
 
 COORDS = ("xmin", "ymin", "xmax", "ymax")
@@ -185,17 +185,7 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
         parsed.append((image_id, xml_path, img_dir / name, width, height, ann.findall("object")))
 
     if classes is None:
-        if (root / "classes.txt").is_file():
-            classes = read_class_names(root / "classes.txt")
-        else:
-            found: set[str] = set()
-            listed = {p[0] for p in parsed}
-            for _, _, _, _, _, objects in parsed:
-                found.update((o.findtext("name") or "").strip() for o in objects)
-            for xml_path in ann_dir.glob("*.xml"):  # the other splits, so every split gets the same list
-                if xml_path.stem not in listed:
-                    found |= read_object_names(xml_path)
-            classes = names_from_annotations(found - {""})
+        classes = _class_names(root, ann_dir, parsed)
     label_of = {n: i + 1 for i, n in enumerate(classes)}
 
     records = []
@@ -244,6 +234,21 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
             )
         )
     return ReadResult(records, list(classes), problems)
+
+
+def _class_names(root: Path, ann_dir: Path, parsed: list) -> list[str]:
+    """The classes of a VOC root without a class list given: its classes.txt, else the names in every
+    annotation file (of all splits, so every split gets the same list)."""
+    if (root / "classes.txt").is_file():
+        return read_names_file(root / "classes.txt")
+    found: set[str] = set()
+    listed = {p[0] for p in parsed}
+    for _, _, _, _, _, objects in parsed:
+        found.update((o.findtext("name") or "").strip() for o in objects)
+    for xml_path in ann_dir.glob("*.xml"):  # the other splits, so every split gets the same list
+        if xml_path.stem not in listed:
+            found |= read_object_names(xml_path)
+    return names_from_annotations(found - {""})
 
 
 def annotation_xml(

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from singleshot.data.dataset import ImageRecord, Problem, ReadResult, check_class_names, validate_box
 from singleshot.data.images import is_image_file
+from singleshot.data.records import (
+    ImageRecord,
+    Problem,
+    ReadResult,
+    check_class_names,
+    read_names_file,
+    validate_box,
+)
 from singleshot.errors import UserError
 
 SPLIT_KEYS = ("train", "val", "test")
@@ -409,9 +416,7 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     if file_names is None:
         for candidate in CLASS_FILES:
             if (root / candidate).is_file():
-                from singleshot.data.dataset import read_class_names
-
-                file_names = read_class_names(root / candidate)
+                file_names = read_names_file(root / candidate)
                 break
     names = classes if classes is not None else file_names
     # class id in the files -> label; with a given class list (a checkpoint's) ids are matched by name

@@ -4,8 +4,9 @@
     result = Trainer(TrainConfig(data="data/shapes", out="runs/a", epochs=10)).fit()
 
 Modules: ``config`` (:class:`TrainConfig`, JSON files, the learning-rate rule), ``schedule`` (warmup then
-step or cosine), ``training`` (:class:`Trainer`), ``evaluation`` (:func:`predict_dataset`),
-``distributed`` (process groups, gathering), ``state`` (random states, atomic writes).
+step or cosine), ``training`` (:class:`Trainer`), ``loader`` (the training batches), ``run_state`` (where a
+run stands, in ``last.pt``), ``evaluation`` (:func:`predict_dataset`), ``distributed`` (process groups,
+gathering), ``state`` (random states, atomic writes).
 """
 
 from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, default_lr

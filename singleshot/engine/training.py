@@ -14,6 +14,10 @@ Ctrl-C (SIGINT, or SIGTERM as torchrun sends it) asks the loop to stop after the
 ``last.pt`` at that step and says how to resume; a second Ctrl-C quits at once. Resuming restores the
 model, optimizer, schedule, gradient scaler, the position in the epoch and the random states, and
 gives the same weights as a run that was never stopped.
+
+The batches come from :mod:`singleshot.engine.loader`; where the run stands (epoch, step, history, best mAP,
+the partial sums of an epoch) is a :class:`~singleshot.engine.run_state.RunState`, saved in ``last.pt``; the
+data sets are chosen by :mod:`singleshot.data.policy`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import signal
 import sys
 import threading
@@ -30,23 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from singleshot.engine import distributed
 from singleshot.engine.config import TrainConfig, default_lr, option_name
 from singleshot.engine.distributed import World
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
+from singleshot.engine.loader import EpochBatches, default_workers, make_loader, workers_stopped_after
+from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.schedule import WarmupSchedule
-from singleshot.engine.state import (
-    capture_rng,
-    epoch_seed,
-    restore_rng,
-    seed_everything,
-    seed_host,
-    write_csv,
-    write_json,
-)
+from singleshot.engine.state import capture_rng, restore_rng, seed_everything, write_csv, write_json
 from singleshot.errors import UserError
 
 EPOCH_COLUMNS = (
@@ -63,105 +60,25 @@ EPOCH_COLUMNS = (
 )
 
 
-# --------------------------------------------------------------------------------------------- data
-
-
-class _Augmented(Dataset):
-    """Training samples: ``(image uint8 Tensor[3, S, S], target with "boxes" relative xyxy and "labels")``.
-
-    Keys are ``(epoch, index)`` pairs; every random choice of the augmentation is seeded by
-    ``epoch_seed(seed, epoch, index)``, so a sample does not depend on which worker made it or on where
-    an earlier run stopped.
-    """
-
-    def __init__(self, dataset, transform, seed: int) -> None:
-        self.dataset = dataset
-        self.transform = transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        seed_host(epoch_seed(self.seed, epoch, index))
-        image, target = self.transform(*self.dataset[index])
-        return image, {"boxes": target["boxes"], "labels": target["labels"]}
-
-
-class _MatchingCollate:
-    """Batches of ``(images uint8 Tensor[B, 3, S, S], labels Tensor[B, P], offsets Tensor[B, P, 4])``.
-
-    Matching the ground truth to the priors happens here, in the data-loader workers, once per batch
-    (batched matching costs a fraction of per-image calls) and off the training process.
-    """
-
-    def __init__(self, encoder) -> None:
-        self.encoder = encoder  # a MultiBoxLoss on the CPU: its match() gives the targets of every prior
-
-    def __call__(self, batch):
-        images, targets = zip(*batch)
-        with torch.no_grad():
-            labels, offsets = self.encoder.match(list(targets))
-        return torch.stack(images), labels, offsets
-
-
-class EpochBatches(Sampler):
-    """This rank's batches of one epoch, as lists of ``(epoch, index)`` keys.
-
-    The permutation comes from ``epoch_seed(seed, epoch)``; ranks share it out (:func:`distributed.shard`);
-    every epoch has the same :attr:`steps` (the last incomplete batch is dropped unless it is the only one).
-    :meth:`set_epoch` picks the epoch and how many of its batches were already done (resume).
-    """
-
-    def __init__(self, num_images: int, batch_size: int, seed: int, world: World) -> None:
-        self.num_images = num_images
-        self.batch_size = batch_size
-        self.seed = seed
-        self.world = world
-        share = len(distributed.shard(range(num_images), world, pad=True))
-        self.steps = max(1, share // batch_size)
-        self.epoch = 0
-        self.skip = 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __len__(self) -> int:
-        return self.steps - self.skip
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_images, generator=generator).tolist()
-        mine = distributed.shard(order, self.world, pad=True)
-        for step in range(self.skip, self.steps):
-            yield [(self.epoch, i) for i in mine[step * self.batch_size : (step + 1) * self.batch_size]]
-
-
-def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl-C goes to the whole process group: workers keep serving batches while the training process
-    # finishes its step and saves.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# --------------------------------------------------------------------------------------------- loop
-
-
 @dataclass
-class _Step:
-    """What one training step needs, built once per run by :meth:`Trainer.fit` for :meth:`Trainer._run_epoch`.
+class _Run:
+    """What the steps of a run need, built once by :meth:`Trainer._set_up`.
 
-    ``model`` is what the step calls (DistributedDataParallel around ``core`` when distributed), ``core`` the
+    ``model`` is what a step calls (DistributedDataParallel around ``core`` when distributed), ``core`` the
     SSD itself (normalisation, checkpoints)."""
 
     model: torch.nn.Module
     core: torch.nn.Module
     loader: DataLoader
+    sampler: EpochBatches
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     schedule: WarmupSchedule
     scaler: torch.amp.GradScaler
-    steps_per_epoch: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps
 
 
 @dataclass
@@ -210,70 +127,162 @@ class Trainer:
         """Ask the loop to save ``last.pt`` and return after the current step."""
         self.stop_requested = True
 
+    # -- the run -----------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train (or continue) the run; returns what it did. See the module docstring."""
+        checkpoint = self._prepare()
+        seed_everything(self.config.seed)  # the model's initial weights (a resumed model loads its own)
+        data = self._open_data()
+        model = self._build_model(data.train, checkpoint)
+        self.config = self._resolve(model)
+        run, state = self._set_up(model, data.train, checkpoint)
+        self._open_run_folder(run, data.train)
+
+        interrupted = False
+        with _stop_on_signals(self), workers_stopped_after(run.loader):
+            while not interrupted and state.epoch < self.config.epochs:
+                interrupted = self._train_epoch(run, state) or self._end_epoch(run, state, data)
+        return self._finish(run, state, interrupted)
+
     # -- setting up --------------------------------------------------------------------------------
+    def _prepare(self) -> dict | None:
+        """Check the configuration, fill in the model and workers when not given; the checkpoint resumed."""
+        from singleshot.models import DEFAULT_MODEL, read_checkpoint
+
+        config = self.config
+        config.validate()
+        checkpoint = read_checkpoint(self.resume) if self.resume else None
+        if not config.model:
+            model_name = checkpoint["arch"] if checkpoint is not None else DEFAULT_MODEL
+            config = self.config = dataclasses.replace(config, model=model_name)
+        if checkpoint is not None:
+            self._check_resume(checkpoint)
+        if config.workers is None:
+            self.config = dataclasses.replace(config, workers=default_workers())
+        return checkpoint
+
     def _open_data(self):
-        from singleshot.data import describe_drops, list_splits, open_dataset
+        """The training and validation sets (:func:`singleshot.data.policy.open_training_data`); the
+        configuration records the format and splits chosen."""
+        from singleshot.data.policy import open_training_data
 
         config = self.config
-        # Problems stop the run here, before the first step, with the first few of them and a pointer to
-        # check-data (open_dataset's message), unless --skip-invalid leaves the broken images out.
-        options = {"format": config.format, "skip_invalid": config.skip_invalid, "check_images": "header"}
-        val_split = config.val_split
-        other_val_data = bool(config.val_data) and val_split != "none"  # not a split of config.data
-        if other_val_data:  # a wrong path fails at once, not after reading the training data
-            _check_readable(config.val_data, "--val-data")
-        train_set = open_dataset(config.data, split=config.train_split, **options)
-        val_set = None
-        if other_val_data:
-            val_set = self._open_val_data(train_set, options)
-            val_split = val_set.split
-        else:
-            if val_split is None:  # the data set's test or val split (or val2017 ...); none: no validation
-                splits = [s for s in list_splits(config.data, train_set.format) if s != train_set.split]
-                val_split = _evaluation_split(splits) or ""
-                if not val_split:
-                    self._say(
-                        f"{config.data} has no test or val split: training without validation (no best.pt)"
-                    )
-            if val_split and val_split != "none":
-                val_set = open_dataset(config.data, split=val_split, classes=train_set.class_names, **options)
-            val_split = val_split or "none"
-        self.config = dataclasses.replace(
-            config, format=train_set.format, train_split=train_set.split, val_split=val_split
+        data = open_training_data(
+            data=config.data,
+            format=config.format,
+            train_split=config.train_split,
+            val_split=config.val_split,
+            val_data=config.val_data,
+            skip_invalid=config.skip_invalid,
+            say=self._say,
         )
-        for dataset in (train_set, val_set):
-            note = dataset is not None and describe_drops(dataset)
-            if note:
-                self._say(note)
-        return train_set, val_set
+        self.config = dataclasses.replace(
+            config, format=data.format, train_split=data.train_split, val_split=data.val_split
+        )
+        return data
 
-    def _open_val_data(self, train_set, options: dict):
-        """The data set ``val_data`` names (its ``val_split``, else its test or val split, else all of it);
-        its format is detected (``--format`` is ``data``'s), and its classes must be ``train_set``'s."""
-        from singleshot.data import detect_format, list_splits, open_dataset
+    def _set_up(self, model, train_set, checkpoint: dict | None) -> tuple[_Run, RunState]:
+        """The model on its device (in DDP when distributed), optimizer, schedule, scaler and loader; and
+        where the run stands (the checkpoint's state when resuming)."""
+        from singleshot.data import TrainTransform
 
-        config = self.config
-        path = Path(config.val_data)
-        try:
-            format = detect_format(path)
-        except UserError:
+        config, device = self.config, self.world.device
+        encoder = model.loss_fn()  # stays on the CPU, in the workers
+        model, core, loss_fn = self._place_model(model)
+        sampler = EpochBatches(len(train_set), config.batch_size, config.seed, self.world)
+        optimizer, schedule = self._optimizer(core, sampler.steps)
+        scaler = torch.amp.GradScaler(device.type, enabled=config.amp)
+        state = RunState()
+        if checkpoint is not None:
+            state = self._restore(checkpoint, optimizer, schedule, scaler)
+        self.global_step = schedule.last_step
+        loader = make_loader(
+            train_set,
+            TrainTransform(config.image_size, mean=core.mean, **config.augment),
+            encoder,
+            sampler,
+            seed=config.seed,
+            workers=config.workers,
+            pin_memory=device.type == "cuda",
+        )
+        return _Run(model, core, loader, sampler, loss_fn, optimizer, schedule, scaler), state
+
+    def _place_model(self, model):
+        """``(what a step calls, the SSD, its loss on the device)``: ``model`` on the device, in DDP (and
+        SyncBatchNorm) when distributed."""
+        config, world, device = self.config, self.world, self.world.device
+        if config.sync_bn and device.type != "cuda" and world.distributed:
             raise UserError(
-                f"cannot tell the format of --val-data {path}: expected a VOC root (Annotations/, JPEGImages/), "
-                "a COCO instances JSON or a YOLO folder (images/, labels/, data.yaml)"
-            ) from None
-        split = config.val_split
-        if split is None:
-            splits = list_splits(path, format)
-            split = _evaluation_split(splits)
-            if splits and split is None:
-                raise UserError(
-                    f"--val-data {path} has no test or val split (it has: {', '.join(splits)}); "
-                    "give --val-split with one of them"
-                )
-        val_set = open_dataset(path, split=split, **{**options, "format": format})
-        _check_same_classes(train_set, val_set, config.data, config.val_data)
-        self._say(f"validating on {len(val_set)} images of {path}" + (f" (split {split})" if split else ""))
-        return val_set
+                "config key 'sync_bn' needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU); "
+                "set it to false"
+            )
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        model.winograd = (
+            config.winograd
+        )  # CPU float32 only: Winograd's 3x3 convolutions (more memory, faster)
+        model.to(device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        loss_fn = model.loss_fn().to(device)
+        core = model
+        if world.distributed:
+            if config.sync_bn:
+                model = core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        return model, core, loss_fn
+
+    def _optimizer(self, core, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, WarmupSchedule]:
+        """SGD with momentum (no weight decay on biases and norms) and its warmup schedule."""
+        config = self.config
+        total_steps = steps_per_epoch * config.epochs
+        optimizer = torch.optim.SGD(
+            _param_groups(core, config.weight_decay), lr=config.lr, momentum=config.momentum
+        )
+        schedule = WarmupSchedule(
+            optimizer,
+            config.lr,
+            total_steps,
+            schedule=config.schedule,
+            warmup_steps=min(round(config.warmup_epochs * steps_per_epoch), total_steps),
+            warmup_factor=config.warmup_factor,
+            milestones=[round(m * total_steps) for m in config.milestones],
+            gamma=config.gamma,
+            final_factor=config.final_lr_factor,
+        )
+        return optimizer, schedule
+
+    def _restore(self, checkpoint: dict, optimizer, schedule, scaler) -> RunState:
+        """Load the training state of ``checkpoint`` (a ``last.pt``) and the random states; where it stood."""
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = RunState.from_checkpoint(checkpoint, self.world.device)
+        restore_rng(checkpoint["rng"])
+        if state.epoch >= self.config.epochs:
+            raise UserError(
+                f"{self.resume} already finished {state.epoch} epochs; give --epochs larger than that "
+                "to train further"
+            )
+        return state
+
+    def _open_run_folder(self, run: _Run, train_set) -> None:
+        """Rank 0 makes the run folder, writes ``config.json`` and says what the run does."""
+        config, world = self.config, self.world
+        if not world.is_main:
+            return
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config.to_dict())
+        self._say(
+            f"training {config.model} ({sum(p.numel() for p in run.core.parameters()) / 1e6:.2f} M "
+            f"parameters) on {len(train_set)} images of {len(train_set.class_names)} classes for "
+            f"{_plural(config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
+            f"{world.size} x batch {config.batch_size}, lr {config.lr:g}, "
+            f"{world.device}{', AMP' if config.amp else ''}; writing to {out}"
+        )
 
     def _resolve(self, model) -> TrainConfig:
         """The configuration with every derived value filled in (what ``config.json`` records)."""
@@ -293,8 +302,9 @@ class Trainer:
             metric=metric,
         )
 
-    def _build_model(self, class_names, checkpoint: dict | None):
-        """A new model for the configuration, or the model of the checkpoint being resumed.
+    def _build_model(self, train_set, checkpoint: dict | None):
+        """A new model for the configuration and ``train_set``'s classes, or the model of the checkpoint
+        being resumed.
 
         A resumed model is rebuilt from the checkpoint alone, as :func:`load_checkpoint` does: from its
         resolved builder arguments (not this version's defaults), its default boxes checked against the
@@ -304,6 +314,7 @@ class Trainer:
         from singleshot.models.checkpoint import model_from_checkpoint
 
         config = self.config
+        class_names = list(train_set.class_names)
         if checkpoint is not None:
             if checkpoint["class_names"] != list(class_names):
                 raise UserError(
@@ -338,303 +349,56 @@ class Trainer:
                     f"{value!r}; resume without it, or start a new run to change the model"
                 )
 
-    # -- the run -----------------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
-        from singleshot.data import TrainTransform
-        from singleshot.models import DEFAULT_MODEL, read_checkpoint, save_checkpoint
+    # -- an epoch ----------------------------------------------------------------------------------
+    def _train_epoch(self, run: _Run, state: RunState) -> bool:
+        """The remaining steps of epoch ``state.epoch``; True when stopped early (``last.pt`` saved)."""
+        sums = state.start_epoch(self.world.device)
+        stopped = False
+        if state.step < run.steps_per_epoch:
+            run.sampler.set_epoch(state.epoch, state.step)
+            run.model.train()
+            stopped = self._run_steps(run, state, sums)
+        if stopped:
+            self._save_last(run, state)
+        return stopped
 
-        world = self.world
-        device = world.device
+    def _run_steps(self, run: _Run, state: RunState, sums: LossTerms) -> bool:
+        """Train from step ``state.step`` to the end of the epoch, adding the loss terms to ``sums`` and the
+        logged steps to ``state.history``; True when asked to stop before the end."""
         config = self.config
-        config.validate()
-        checkpoint = read_checkpoint(self.resume) if self.resume else None
-        if not config.model:
-            model_name = checkpoint["arch"] if checkpoint is not None else DEFAULT_MODEL
-            config = self.config = dataclasses.replace(config, model=model_name)
-        if checkpoint is not None:
-            self._check_resume(checkpoint)
-        if config.workers is None:
-            config = self.config = dataclasses.replace(config, workers=default_workers())
-        out = Path(config.out)
-
-        seed_everything(config.seed)  # the model's initial weights (a resumed model loads its own)
-        train_set, val_set = self._open_data()
-        class_names = list(train_set.class_names)
-        model = self._build_model(class_names, checkpoint)
-        config = self.config = self._resolve(model)
-
-        if config.sync_bn and device.type != "cuda" and world.distributed:
-            raise UserError(
-                "config key 'sync_bn' needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU); "
-                "set it to false"
-            )
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-        encoder = model.loss_fn()  # stays on the CPU, in the workers
-        model.winograd = (
-            config.winograd
-        )  # CPU float32 only: Winograd's 3x3 convolutions (more memory, faster)
-        model.to(device)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
-        loss_fn = model.loss_fn().to(device)
-        core = model
-        if world.distributed:
-            if config.sync_bn:
-                model = core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-
-        sampler = EpochBatches(len(train_set), config.batch_size, config.seed, world)
-        steps_per_epoch = sampler.steps
-        total_steps = steps_per_epoch * config.epochs
-        optimizer = torch.optim.SGD(
-            _param_groups(core, config.weight_decay), lr=config.lr, momentum=config.momentum
-        )
-        schedule = WarmupSchedule(
-            optimizer,
-            config.lr,
-            total_steps,
-            schedule=config.schedule,
-            warmup_steps=min(round(config.warmup_epochs * steps_per_epoch), total_steps),
-            warmup_factor=config.warmup_factor,
-            milestones=[round(m * total_steps) for m in config.milestones],
-            gamma=config.gamma,
-            final_factor=config.final_lr_factor,
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=config.amp)
-
-        # Where to start, and what the run already recorded.
-        start_epoch, start_step = 0, 0
-        history = {"epochs": [], "steps": []}
-        best_map, partial = None, None
-        if checkpoint is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            schedule.load_state_dict(checkpoint["schedule"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
-            history = checkpoint["history"]
-            best_map = checkpoint.get("best_map")
-            partial = checkpoint.get("partial")
-            restore_rng(checkpoint["rng"])
-            if start_epoch >= config.epochs:
-                raise UserError(
-                    f"{self.resume} already finished {start_epoch} epochs; give --epochs larger than that "
-                    "to train further"
-                )
-        self.global_step = schedule.last_step
-
-        loader = DataLoader(
-            _Augmented(
-                train_set, TrainTransform(config.image_size, mean=core.mean, **config.augment), config.seed
-            ),
-            batch_sampler=sampler,
-            collate_fn=_MatchingCollate(encoder),
-            num_workers=config.workers,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=_ignore_sigint,
-            persistent_workers=config.workers > 0,
-        )
-
-        if world.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "config.json", config.to_dict())
-            self._say(
-                f"training {config.model} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f} M "
-                f"parameters) on {len(train_set)} images of {len(class_names)} classes for "
-                f"{_plural(config.epochs, 'epoch')} of {_plural(steps_per_epoch, 'step')}, "
-                f"{world.size} x batch {config.batch_size}, lr {config.lr:g}, "
-                f"{device}{', AMP' if config.amp else ''}; writing to {out}"
-            )
-
-        def save_last(epoch: int, step: int, partial_state=None) -> None:
-            self._stopped_at = (epoch, step)
-            if not world.is_main:
-                return
-            save_checkpoint(
-                out / "last.pt",
-                core,
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                scaler=scaler.state_dict(),
-                epoch=epoch,
-                step=step,
-                partial=partial_state,
-                rng=capture_rng(),
-                history=history,
-                best_map=best_map,
-                config=config.to_dict(),
-            )
-
-        run = _Step(model, core, loader, loss_fn, optimizer, schedule, scaler, steps_per_epoch)
-        last_map = None
-        interrupted = False
-        with _stop_on_signals(self), _workers_stopped_after(loader):
-            for epoch in range(start_epoch, config.epochs):
-                skip = start_step if epoch == start_epoch else 0
-                sums = torch.zeros(3, device=device)  # loss, loc, conf of this epoch, summed over steps
-                seconds = 0.0
-                if partial is not None and epoch == start_epoch:
-                    sums += torch.tensor(partial["sums"], device=device)
-                    seconds = partial["seconds"]
-                steps_done, stopped = skip, False
-                if skip < steps_per_epoch:
-                    sampler.set_epoch(epoch, skip)
-                    model.train()
-                    steps_done, seconds, stopped = self._run_epoch(
-                        run, sums, history, epoch=epoch, skip=skip, seconds=seconds
-                    )
-                if stopped:
-                    interrupted = True
-                    save_last(epoch, steps_done, {"sums": sums.tolist(), "seconds": seconds})
-                    break
-
-                # The end of an epoch: validation, records, checkpoints.
-                distributed.average_batch_norm_statistics(core, world)
-                val_map, val_seconds = None, None
-                if val_set is not None and (
-                    (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
-                ):
-                    began = time.perf_counter()
-                    try:
-                        val_map = self._validate(core, val_set, class_names)
-                    except StopEvaluation:
-                        interrupted = True
-                        save_last(epoch, steps_done, {"sums": sums.tolist(), "seconds": seconds})
-                        break
-                    val_seconds = time.perf_counter() - began
-                    last_map = val_map
-                means = (sums / steps_per_epoch).tolist()
-                images = steps_per_epoch * config.batch_size * world.size
-                history["epochs"].append(
-                    {
-                        "epoch": epoch + 1,
-                        "step": schedule.last_step,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "loss": means[0],
-                        "loc": means[1],
-                        "conf": means[2],
-                        "images_per_s": images / max(seconds, 1e-9),
-                        "epoch_time_s": seconds,
-                        "val_map": val_map,
-                        "val_time_s": val_seconds,
-                    }
-                )
-                improved = val_map is not None and (best_map is None or val_map > best_map)
-                if improved:
-                    best_map = val_map
-                save_last(epoch + 1, 0)
-                if world.is_main:
-                    if improved:
-                        save_checkpoint(
-                            out / "best.pt",
-                            core,
-                            epoch=epoch + 1,
-                            val_map=val_map,
-                            metric=config.metric,
-                            config=config.to_dict(),
-                        )
-                    self._write_records(out, history, config)
-                    if val_map is not None:
-                        self._say(
-                            f"epoch {epoch + 1}/{config.epochs}: validation mAP ({config.metric}) "
-                            f"{val_map:.4f}, best {best_map:.4f}"
-                        )
-                if self._should_stop(True) and epoch + 1 < config.epochs:
-                    interrupted = True
-                    break
-
-        if world.is_main:
-            self._write_records(out, history, config)
-            if interrupted:
-                self._say(
-                    f"stopped in epoch {self._stopped_at[0] + 1}/{config.epochs} after step "
-                    f"{self._stopped_at[1]}/{steps_per_epoch}; saved {out / 'last.pt'}; continue with: "
-                    f"singleshot train --resume {out / 'last.pt'}"
-                )
-        distributed.barrier(world)
-        epochs_done = len(history["epochs"])
-        return TrainResult(out, epochs_done, best_map, last_map, interrupted, core, config)
-
-    def _run_epoch(
-        self, run: _Step, sums: torch.Tensor, history: dict, *, epoch: int, skip: int, seconds: float
-    ):
-        """Train one epoch (from batch ``skip``), adding the loss terms to ``sums`` and the logged steps to
-        ``history``; returns ``(steps done, seconds spent, stopped early)``."""
-        config, world, device = self.config, self.world, self.world.device
-        model, core, loss_fn, optimizer, schedule, scaler = (
-            run.model,
-            run.core,
-            run.loss_fn,
-            run.optimizer,
-            run.schedule,
-            run.scaler,
-        )
-        steps_per_epoch = run.steps_per_epoch
         bar = tqdm(
-            total=steps_per_epoch,
-            initial=skip,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
+            total=run.steps_per_epoch,
+            initial=state.step,
+            desc=f"epoch {state.epoch + 1}/{config.epochs}",
             unit="step",
             disable=not self.progress,
             dynamic_ncols=True,
             leave=True,
             file=sys.stderr,
         )
-        window = torch.zeros(3, device=device)  # sums since the last read of the losses
+        window = LossTerms.zeros(self.world.device)  # sums since the last read of the losses
         window_steps, window_began = 0, time.perf_counter()
         began = time.perf_counter()
-        step, stopped = skip, False
+        stopped = False
         try:
-            for images, labels, offsets in run.loader:
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                offsets = offsets.to(device, non_blocking=True)
-                lr = schedule.step()
-                with torch.autocast(device.type, dtype=torch.float16, enabled=config.amp):
-                    x = core.normalize(images)
-                    if config.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    cls_logits, box_deltas = model(x)
-                losses = loss_fn.from_matched(cls_logits, box_deltas, labels, offsets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-
-                terms = torch.stack([losses["loss"], losses["loc"], losses["conf"]]).detach()
-                sums += terms
-                window += terms
+            for batch in run.loader:
+                terms, lr, batch_size = self._train_step(run, *batch)
+                sums.add_(terms)
+                window.add_(terms)
                 window_steps += 1
-                step += 1
+                state.step += 1
                 self.global_step += 1
                 bar.update(1)
                 if self.on_step is not None:
                     self.on_step(self)
-                read = window_steps >= config.log_every or step == steps_per_epoch
-                if read:  # the one host-device synchronisation every log_every steps
-                    loss, loc, conf = (window / window_steps).tolist()
-                    if not math.isfinite(loss):
-                        raise UserError(
-                            f"training diverged: the loss became {loss} at epoch {epoch + 1}, step {step}; "
-                            f"lower the learning rate (--lr, now {config.lr:g})"
-                        )
+                read = window_steps >= config.log_every or state.step == run.steps_per_epoch
+                if read:
+                    mean = window.mean(
+                        window_steps
+                    )  # the one host-device synchronisation every log_every steps
                     now = time.perf_counter()
-                    speed = window_steps * images.shape[0] * world.size / max(now - window_began, 1e-9)
-                    history["steps"].append(
-                        {
-                            "epoch": epoch + step / steps_per_epoch,
-                            "loss": loss,
-                            "loc": loc,
-                            "conf": conf,
-                            "lr": lr,
-                        }
-                    )
-                    bar.set_postfix_str(
-                        f"loss {loss:.3f} (loc {loc:.3f}, conf {conf:.3f}) lr {lr:.2e} {speed:.1f} img/s",
-                        refresh=False,
-                    )
+                    speed = window_steps * batch_size * self.world.size / max(now - window_began, 1e-9)
+                    self._log_steps(run, state, mean, lr, speed, bar)
                     window.zero_()
                     window_steps, window_began = 0, now
                 if self._should_stop(read):
@@ -642,7 +406,150 @@ class Trainer:
                     break
         finally:
             bar.close()
-        return step, seconds + time.perf_counter() - began, stopped
+        state.seconds += time.perf_counter() - began
+        return stopped
+
+    def _train_step(self, run: _Run, images, labels, offsets) -> tuple[LossTerms, float, int]:
+        """One SGD step on a batch; ``(its loss terms, still on the device, the learning rate, images)``."""
+        config, device = self.config, self.world.device
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        offsets = offsets.to(device, non_blocking=True)
+        lr = run.schedule.step()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=config.amp):
+            x = run.core.normalize(images)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            cls_logits, box_deltas = run.model(x)
+        losses = run.loss_fn.from_matched(cls_logits, box_deltas, labels, offsets)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(losses["loss"]).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        return LossTerms.of(losses), lr, images.shape[0]
+
+    def _log_steps(self, run: _Run, state: RunState, mean, lr: float, speed: float, bar) -> None:
+        """Record the mean losses of the steps since the last record (``mean``: :class:`LossValues`) in the
+        history and on the progress bar; UserError when the loss is no longer finite."""
+        if not math.isfinite(mean.loss):
+            raise UserError(
+                f"training diverged: the loss became {mean.loss} at epoch {state.epoch + 1}, step {state.step}; "
+                f"lower the learning rate (--lr, now {self.config.lr:g})"
+            )
+        state.history["steps"].append(
+            {
+                "epoch": state.epoch + state.step / run.steps_per_epoch,
+                "loss": mean.loss,
+                "loc": mean.loc,
+                "conf": mean.conf,
+                "lr": lr,
+            }
+        )
+        bar.set_postfix_str(
+            f"loss {mean.loss:.3f} (loc {mean.loc:.3f}, conf {mean.conf:.3f}) lr {lr:.2e} {speed:.1f} img/s",
+            refresh=False,
+        )
+
+    # -- the end of an epoch -----------------------------------------------------------------------
+    def _end_epoch(self, run: _Run, state: RunState, data) -> bool:
+        """Validation (when due), the epoch's record, ``last.pt``, ``best.pt`` when the mAP improved,
+        ``metrics.csv``; True when the run stops here (asked to, or stopped inside validation)."""
+        config, world = self.config, self.world
+        epoch = state.epoch
+        distributed.average_batch_norm_statistics(run.core, world)
+        val_set, val_map, val_seconds = data.val, None, None
+        if val_set is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+            began = time.perf_counter()
+            try:
+                val_map = self._validate(run.core, val_set, list(data.train.class_names))
+            except StopEvaluation:
+                self._save_last(run, state)
+                return True
+            val_seconds = time.perf_counter() - began
+            state.last_map = val_map
+        state.history["epochs"].append(self._epoch_record(run, state, val_map, val_seconds))
+        improved = val_map is not None and (state.best_map is None or val_map > state.best_map)
+        if improved:
+            state.best_map = val_map
+        state.finish_epoch()
+        self._save_last(run, state)
+        if world.is_main:
+            if improved:
+                self._save_best(run, state, val_map)
+            self._write_records(Path(config.out), state.history, config)
+            if val_map is not None:
+                self._say(
+                    f"epoch {epoch + 1}/{config.epochs}: validation mAP ({config.metric}) "
+                    f"{val_map:.4f}, best {state.best_map:.4f}"
+                )
+        return self._should_stop(True) and state.epoch < config.epochs
+
+    def _epoch_record(self, run: _Run, state: RunState, val_map, val_seconds) -> dict:
+        """The row of ``metrics.csv`` for the epoch ``state.epoch`` just trained."""
+        means = state.sums.mean(run.steps_per_epoch)
+        images = run.steps_per_epoch * self.config.batch_size * self.world.size
+        return {
+            "epoch": state.epoch + 1,
+            "step": run.schedule.last_step,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "loss": means.loss,
+            "loc": means.loc,
+            "conf": means.conf,
+            "images_per_s": images / max(state.seconds, 1e-9),
+            "epoch_time_s": state.seconds,
+            "val_map": val_map,
+            "val_time_s": val_seconds,
+        }
+
+    def _save_last(self, run: _Run, state: RunState) -> None:
+        """``last.pt`` (rank 0): the model and everything a resume needs to continue from ``state``."""
+        from singleshot.models import save_checkpoint
+
+        if not self.world.is_main:
+            return
+        save_checkpoint(
+            Path(self.config.out) / "last.pt",
+            run.core,
+            optimizer=run.optimizer.state_dict(),
+            schedule=run.schedule.state_dict(),
+            scaler=run.scaler.state_dict(),
+            epoch=state.epoch,
+            step=state.step,
+            partial=state.partial(),
+            rng=capture_rng(),
+            history=state.history,
+            best_map=state.best_map,
+            config=self.config.to_dict(),
+        )
+
+    def _save_best(self, run: _Run, state: RunState, val_map: float) -> None:
+        """``best.pt``: the model after epoch ``state.epoch``, whose validation mAP is the best so far."""
+        from singleshot.models import save_checkpoint
+
+        config = self.config
+        save_checkpoint(
+            Path(config.out) / "best.pt",
+            run.core,
+            epoch=state.epoch,
+            val_map=val_map,
+            metric=config.metric,
+            config=config.to_dict(),
+        )
+
+    def _finish(self, run: _Run, state: RunState, interrupted: bool) -> TrainResult:
+        """The final records and, when stopped early, how to resume; all ranks return together."""
+        config, out = self.config, Path(self.config.out)
+        if self.world.is_main:
+            self._write_records(out, state.history, config)
+            if interrupted:
+                self._say(
+                    f"stopped in epoch {state.epoch + 1}/{config.epochs} after step "
+                    f"{state.step}/{run.steps_per_epoch}; saved {out / 'last.pt'}; continue with: "
+                    f"singleshot train --resume {out / 'last.pt'}"
+                )
+        distributed.barrier(self.world)
+        epochs_done = len(state.history["epochs"])
+        return TrainResult(out, epochs_done, state.best_map, state.last_map, interrupted, run.core, config)
 
     def _should_stop(self, synchronised_point: bool) -> bool:
         """All ranks agree to stop at the same step: they compare their flags when they synchronise anyway."""
@@ -689,66 +596,6 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
 
-def _evaluation_split(splits: list[str]) -> str | None:
-    """The split to validate on: the first of ``splits`` starting with test, then val ... (val2017 counts)."""
-    from singleshot.data.dataset import EVAL_SPLITS
-
-    return next((s for name in EVAL_SPLITS for s in splits if s.startswith(name)), None)
-
-
-def _check_readable(path: str, option: str) -> None:
-    """UserError naming ``option`` unless ``path`` (a data set's folder or annotation file) can be read."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{option} {p} does not exist; give a VOC root, COCO instances JSON or YOLO folder")
-    if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
-        raise UserError(f"{option} {p} cannot be read (permission denied); make it readable or give another")
-
-
-def _check_same_classes(train_set, val_set, data: str, val_data: str) -> None:
-    """UserError unless ``val_set`` has ``train_set``'s classes: the same names in the same order and, when
-    both are COCO data, the same category ids."""
-    train, val = list(train_set.class_names), list(val_set.class_names)
-    extra = [n for n in val if n not in train]
-    missing = [n for n in train if n not in val]
-    if extra and missing:
-        what = f"it has {_listed(extra)} but not {_listed(missing)}"
-    elif extra:
-        what = f"it also has {_listed(extra)}"
-    elif missing:
-        what = f"it lacks {_listed(missing)}"
-    elif val != train:
-        what = f"it lists them in another order ({', '.join(val)} instead of {', '.join(train)})"
-    elif (
-        train_set.format == val_set.format == "coco"
-        and train_set.coco_category_ids != val_set.coco_category_ids
-    ):
-        name, val_id, train_id = next(
-            (n, v, t)
-            for n, v, t in zip(train, val_set.coco_category_ids, train_set.coco_category_ids)
-            if v != t
-        )
-        what = f"it gives {name!r} category id {val_id}, --data gives it {train_id}"
-    else:
-        return
-    hint = (
-        " (a VOC root without classes.txt takes its classes from its annotations)"
-        if val_set.format == "voc"
-        else ""
-    )
-    raise UserError(
-        f"--val-data {val_data} does not have the classes of --data {data}: {what}; validate on data with "
-        f"the same classes{hint}"
-    )
-
-
-def _listed(names: list[str], shown: int = 5) -> str:
-    """``class 'a'`` or ``classes 'a', 'b'`` (the first ``shown`` names, then how many more)."""
-    text = ", ".join(repr(n) for n in names[:shown])
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return f"class{'es' if len(names) > 1 else ''} {text}{more}"
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
@@ -760,25 +607,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def default_workers() -> int:
-    """Data-loader workers when not given: one per spare core, at most 4 (0 on a single core)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 1))
-
-
-@contextlib.contextmanager
-def _workers_stopped_after(loader: DataLoader):
-    """Stop ``loader``'s persistent worker processes on leaving, error or not, rather than whenever the
-    loader is garbage-collected (a traceback that holds the training frame would keep them alive)."""
-    try:
-        yield
-    finally:
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-            loader._iterator = None
 
 
 @contextlib.contextmanager
