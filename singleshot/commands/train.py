@@ -76,17 +76,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="S",
         default=S,
-        help="input side in pixels (default: the model's own)",
+        help="input side in pixels (default: ssd_small's from the object sizes, 192-320; others their own)",
     )
     model.add_argument(
-        "--epochs", type=int, metavar="E", default=S, help=f"epochs (default: {_DEFAULTS.epochs})"
+        "--zoo-boxes",
+        dest="fit_boxes",
+        action="store_false",
+        default=S,
+        help="keep the model's own default boxes (default: fitted to the training data, see default-boxes)",
+    )
+    model.add_argument(
+        "--epochs",
+        type=int,
+        metavar="E",
+        default=S,
+        help="epochs (default: the recipe's, about 30 000 training samples)",
     )
     model.add_argument(
         "--batch-size",
         type=int,
         metavar="B",
         default=S,
-        help=f"images per step and process (default: {_DEFAULTS.batch_size})",
+        help="images per step and process (default: 16 below 2000 training images, else 32)",
     )
     model.add_argument(
         "--lr",
@@ -121,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="K",
         default=S,
-        help=f"validate every K epochs and after the last (default: {_DEFAULTS.val_every})",
+        help="validate every K epochs and after the last (default: about 5 validations a run)",
     )
     run.add_argument(
         "--metric",
@@ -149,6 +160,7 @@ _OPTION_KEYS = (
     "skip_invalid",
     "model",
     "image_size",
+    "fit_boxes",
     "epochs",
     "batch_size",
     "lr",

@@ -129,3 +129,119 @@ def choose_recipe(
             else "1: every epoch"
         )
     return Recipe(image_size, epochs, batch_size, val_every, reasons)
+
+
+EXPAND_PIXELS = 16.0
+"""Zoom-out (the paper's "expand") shrinks objects by up to ``expand_max`` per side; the recipe keeps the
+10th-percentile object at :data:`EXPAND_PIXELS` or more after the largest zoom-out."""
+
+COVERAGE_WARNING = 0.9
+"""Below this default-box coverage of the training objects, the trainer warns and names the missed sizes."""
+
+
+def choose_expand(boxes_rel: np.ndarray, image_size: int) -> tuple[dict, str]:
+    """Zoom-out settings for ``TrainTransform`` (``{"expand": False}`` or ``{"expand_max": r}``) and why.
+
+    The paper's zoom-out (up to 4x per side, half of the time) makes small training examples from large
+    ones; on data whose objects are already small it makes them too small to match any default box, and a
+    short run learns them slower. The ratio is the one that keeps the 10th-percentile object at
+    :data:`EXPAND_PIXELS` at the input, capped at the paper's 4; under 1.5 zoom-out is off.
+    """
+    sizes = object_sizes(boxes_rel)
+    sizes = sizes[sizes > 0]
+    q10_px = float(np.quantile(sizes, 0.1)) * image_size if sizes.size else 0.0
+    ratio = min(4.0, q10_px / EXPAND_PIXELS)
+    if ratio < 1.5:
+        return {"expand": False}, (
+            f"off: the 10th-percentile object spans {q10_px:.0f} px at the input, and zooming out would "
+            f"take it under {EXPAND_PIXELS:.0f} px"
+        )
+    ratio = round(ratio, 1)
+    return {"expand_max": ratio}, (
+        f"up to {ratio:g}x per side: the 10th-percentile object ({q10_px:.0f} px at the input) stays at "
+        f"{EXPAND_PIXELS:.0f} px or more" + (" (the paper's 4x)" if ratio == 4.0 else "")
+    )
+
+
+def adapt_config(config, train_set, say):
+    """The run's configuration with what the user left open chosen from ``train_set`` (a new run only).
+
+    Fills in the input size, epochs, batch size and validation interval (:func:`choose_recipe`), the
+    zoom-out of the augmentation (:func:`choose_expand`), and, unless ``config.fit_boxes`` is false or the
+    model options already give default boxes, default boxes fitted to the training objects
+    (:func:`singleshot.coverage.fit_default_boxes`, at most twice the model's number). Each choice is
+    recorded with its reason in ``config.recipe`` and said through ``say`` (one line each); a coverage
+    under :data:`COVERAGE_WARNING` gets a warning naming the sizes that are missed.
+
+    Raises:
+        UserError: the training set has no objects to learn, or only objects under 2 px at the input.
+    """
+    import dataclasses
+
+    from singleshot.coverage import check_learnable_boxes, coverage, fit_for_model
+    from singleshot.models import build_model
+
+    boxes = train_set.training_boxes()
+    name = f"{config.data}" + (f" (split {train_set.split})" if train_set.split else "")
+    recipe = choose_recipe(
+        config.model,
+        len(train_set),
+        boxes.numpy(),
+        image_size=config.image_size,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        val_every=config.val_every,
+    )
+    reasons = dict(recipe.reasons)
+    options = dict(config.model_options)
+    if recipe.image_size is not None:
+        options["image_size"] = recipe.image_size
+    model = build_model(config.model, train_set.num_classes, **options)
+    check_learnable_boxes(boxes, model.image_size, name)
+    augment = dict(config.augment)
+    if not {"expand", "expand_max"} & set(augment):
+        chosen, reasons["expand"] = choose_expand(boxes.numpy(), min(model.image_size))
+        augment.update(chosen)
+    model_options = dict(config.model_options)
+    given_boxes = {"scales", "aspect_ratios", "densities", "steps"} & set(model_options)
+    if config.fit_boxes and not given_boxes:
+        fit = fit_for_model(model, boxes)
+        model_options.update(fit.model_options)
+        after = fit.after
+        reasons["default_boxes"] = (
+            f"fitted to the training objects: coverage (IoU >= 0.5) {100 * fit.before.coverage:.1f} % -> "
+            f"{100 * after.coverage:.1f} %, {fit.before.num_priors} -> {after.num_priors} default boxes"
+        )
+    else:
+        after = coverage(boxes, model.priors)
+        why = "the model options give them" if given_boxes else "--zoo-boxes"
+        reasons["default_boxes"] = (
+            f"the model's own ({why}): coverage (IoU >= 0.5) {100 * after.coverage:.1f} %"
+        )
+    config = dataclasses.replace(
+        config,
+        image_size=recipe.image_size or config.image_size,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        val_every=recipe.val_every,
+        augment=augment,
+        model_options=model_options,
+        recipe=reasons,
+    )
+    for key, why in reasons.items():
+        say(f"recipe: {key.replace('_', ' ')} {why}")
+    if after.coverage < COVERAGE_WARNING:
+        say(f"warning: {_missed(after, min(model.image_size))}")
+    return config
+
+
+def _missed(cov, side: int) -> str:
+    """A sentence naming the object sizes that the default boxes miss most."""
+    weak = [b for b in cov.by_size if b.count and b.coverage is not None and b.coverage < COVERAGE_WARNING]
+    weak.sort(key=lambda b: b.covered - b.count)
+    parts = [f"{b.label} of the side ({b.count - b.covered} of {b.count} objects missed)" for b in weak[:3]]
+    return (
+        f"only {100 * cov.coverage:.1f} % of the training objects overlap a default box by IoU >= 0.5; "
+        f"missed most: {'; '.join(parts) or 'no size in particular'}; a larger --image-size helps small objects "
+        f"(now {side} px)"
+    )

@@ -42,6 +42,7 @@ from singleshot.engine.distributed import World
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
 from singleshot.engine.loader import EpochBatches, default_workers, make_loader, workers_stopped_after
 from singleshot.engine.run_state import LossTerms, RunState
+from singleshot.engine.recipe import adapt_config
 from singleshot.engine.schedule import WarmupSchedule
 from singleshot.engine.state import capture_rng, restore_rng, seed_everything, write_csv, write_json
 from singleshot.errors import UserError
@@ -133,6 +134,8 @@ class Trainer:
         checkpoint = self._prepare()
         seed_everything(self.config.seed)  # the model's initial weights (a resumed model loads its own)
         data = self._open_data()
+        if checkpoint is None:  # what the user left open, chosen from the data (a resumed run has it all)
+            self.config = adapt_config(self.config, data.train, self._say)
         model = self._build_model(data.train, checkpoint)
         self.config = self._resolve(model)
         run, state = self._set_up(model, data.train, checkpoint)
