@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from singleshot.errors import UserError
+from singleshot.files import write_text_atomic
 
 HELP = "Detect objects in images: annotated copies and one detections.json in --out."
 EXAMPLES = """\
@@ -221,14 +221,7 @@ def format_json(value, indent: int = 0) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".detections.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(format_json(payload) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, format_json(payload) + "\n")
 
 
 def _load(file: Path) -> tuple[torch.Tensor | None, str | None]:
