@@ -241,7 +241,7 @@ def test_bad_device_is_a_user_error():
 def test_training_curves_png(tmp_path):
     from PIL import Image
 
-    from singleshot.curves import plot_training_curves
+    from singleshot.render.curves import plot_training_curves
 
     steps = [
         {"epoch": e / 4, "loss": 3 - e / 4, "loc": 1.0, "conf": 2 - e / 4, "lr": 0.01 * min(1, e / 2)}

@@ -124,7 +124,7 @@ def run_demo(
     from singleshot.engine.state import write_json
     from singleshot.metrics import format_ap_table, mean_average_precision
     from singleshot.models import DEFAULT_MODEL, load_checkpoint
-    from singleshot.plots import plot_pr_curves
+    from singleshot.render.pr import plot_pr_curves
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
@@ -232,7 +232,7 @@ def write_gallery(
     score_threshold: float = 0.5,
 ) -> Path:
     """A grid of the first ``count`` images of ``dataset`` with their detections scoring >= the threshold."""
-    from singleshot.draw import draw_detections, image_grid
+    from singleshot.render.draw import draw_detections, image_grid
 
     pictures = []
     for i in range(min(count, len(dataset))):

@@ -246,7 +246,7 @@ def _loaded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor
 
 
 def _draw_and_save(image, det, class_names, score_threshold: float, path: Path) -> None:
-    from singleshot.draw import draw_detections
+    from singleshot.render.draw import draw_detections
 
     picture = draw_detections(image, det, class_names, score_threshold=score_threshold)
     try:
