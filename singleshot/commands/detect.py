@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from singleshot.errors import UserError
-from singleshot.files import write_text_atomic
+from singleshot.files import atomic_write, write_text_atomic
 
 HELP = "Detect objects in images: annotated copies and one detections.json in --out."
 EXAMPLES = """\
@@ -251,9 +251,9 @@ def _draw_and_save(image, det, class_names, score_threshold: float, path: Path) 
     picture = draw_detections(image, det, class_names, score_threshold=score_threshold)
     try:
         if path.suffix == ".jpg":
-            picture.save(path, quality=92)
+            atomic_write(path, lambda f: picture.save(f, format="JPEG", quality=92))
         else:
-            picture.save(path)
+            atomic_write(path, lambda f: picture.save(f, format="PNG"))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out.") from None
 
