@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from singleshot.files import write_text_atomic
 from singleshot.priors import TORCHVISION_SSD300, default_boxes
 
 MARK_START = "<!-- bench:start -->"
@@ -416,10 +417,7 @@ def write_markdown(table: str, path: str) -> None:
             text = text.rstrip() + "\n\n" + block + "\n"
     else:
         text = "# Benchmarks\n\nMeasured by `singleshot bench`.\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def synthetic_detections(num_images: int, *, num_classes: int = 20, generator: torch.Generator):

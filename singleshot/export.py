@@ -39,7 +39,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -49,6 +48,7 @@ from torchvision.ops import batched_nms
 from singleshot import __version__
 from singleshot.boxes import decode
 from singleshot.errors import UserError
+from singleshot.files import atomic_write
 
 INSTALL_HINT = "pip install 'singleshot[export]'"
 DEFAULT_OPSET = 18
@@ -330,17 +330,8 @@ def _prepare_output(path: Path) -> None:
 
 
 def _save(proto, path: Path, onnx) -> None:
-    """Write atomically: a temporary file next to ``path``, then ``os.replace``."""
+    """Write ``proto`` to ``path`` atomically (:func:`singleshot.files.atomic_write`)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write(path, lambda f: onnx.save_model(proto, f, format="protobuf"))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out.") from None
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -6,10 +6,13 @@
   boxes relative to the image, pairwise disjoint inside each image (one box per cell of a k x k grid, k
   drawn from 1..4 per image, so sizes range from a few percent to the whole image), so that no default box
   can be tied between two objects; ``n_i`` is in 0..max_boxes and the first image has at least one box.
+- ``umask_022``: the process umask set to ``0o022`` for the test (and put back after it), so that the
+  permissions of the files a test writes are known: ``0o644`` for a normal file.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import pytest
@@ -44,6 +47,15 @@ def _separated_boxes(rng: torch.Generator, num_images: int, max_boxes: int) -> l
 @pytest.fixture
 def separated_boxes():
     return _separated_boxes
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 class _TinyBackbone(nn.Module):

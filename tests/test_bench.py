@@ -15,7 +15,7 @@ from singleshot import bench
 from singleshot.commands import bench as bench_command
 from singleshot.errors import UserError
 from singleshot.models import build_model
-from singleshot.models.ssd import _FUSING_AVAILABLE, _FusedConv2d, _inference_network
+from singleshot.models.inference import FUSING_AVAILABLE, FusedConv2d, inference_network
 
 CPU = torch.device("cpu")
 
@@ -151,31 +151,31 @@ def _small_model():
     return model
 
 
-@pytest.mark.skipif(not _FUSING_AVAILABLE, reason="oneDNN fused convolutions are not available in this torch")
+@pytest.mark.skipif(not FUSING_AVAILABLE, reason="oneDNN fused convolutions are not available in this torch")
 def test_inference_network_equals_the_model_and_follows_its_weights():
     model = _small_model()
-    network = _inference_network(model)
-    assert network is not model and any(isinstance(m, _FusedConv2d) for m in network.modules())
-    assert any(m.activation != "none" for m in network.modules() if isinstance(m, _FusedConv2d))  # fused
+    network = inference_network(model)
+    assert network is not model and any(isinstance(m, FusedConv2d) for m in network.modules())
+    assert any(m.activation != "none" for m in network.modules() if isinstance(m, FusedConv2d))  # fused
     x = model.normalize(torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8, generator=torch.Generator()))
     with torch.no_grad():
         for ours, eager in zip(network(x.contiguous(memory_format=torch.channels_last)), model(x)):
             torch.testing.assert_close(ours, eager, rtol=1e-4, atol=1e-4)
-    assert _inference_network(model) is network  # cached
+    assert inference_network(model) is network  # cached
     images = [torch.randint(0, 256, (3, 80, 120), dtype=torch.uint8, generator=torch.Generator())]
     fast = model.predict(images)[0]
     with torch.no_grad():
         model.head.regression[0].bias.add_(0.5)  # trained in place: a new copy
-        assert _inference_network(model) is not network
+        assert inference_network(model) is not network
         model.head.regression[0].bias.sub_(0.5)
         handle = model.register_forward_hook(lambda *a: None)  # hooks see the model itself
-        assert _inference_network(model) is model
+        assert inference_network(model) is model
         eager = model.predict(images)[0]
         handle.remove()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert _inference_network(model) is model
+            assert inference_network(model) is model
     assert len(fast["scores"]) == len(eager["scores"]) > 0 and torch.equal(fast["labels"], eager["labels"])
     torch.testing.assert_close(fast["scores"], eager["scores"], rtol=0, atol=1e-5)
     torch.testing.assert_close(fast["boxes"], eager["boxes"], rtol=0, atol=1e-3)
-    assert all(not isinstance(m, _FusedConv2d) for m in model.modules())  # the model itself is untouched
-    assert _inference_network(model.double()) is model
+    assert all(not isinstance(m, FusedConv2d) for m in model.modules())  # the model itself is untouched
+    assert inference_network(model.double()) is model

@@ -1,4 +1,5 @@
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,11 @@ def test_detect_writes_pictures_and_json_and_names_bad_inputs(checkpoint, tmp_pa
     assert f"3 images, {total} detections" in captured.out
 
 
-def test_detect_exit_zero_and_json_only(checkpoint, tmp_path, capsys):
+def test_detect_exit_zero_and_json_only(checkpoint, tmp_path, capsys, umask_022):
     image = _save_image(tmp_path / "one.png", 40, 40, seed=5)
     assert main(["detect", str(checkpoint), str(image), "--out", str(tmp_path / "out"), "--no-draw"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["detections.json"]
+    assert stat.S_IMODE((tmp_path / "out" / "detections.json").stat().st_mode) == 0o644  # not mkstemp's 0600
     report = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert report["failed"] == [] and report["images"][0]["output"] is None
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from singleshot.draw import PALETTE, class_color, draw_detections, image_grid
+from singleshot.render.draw import PALETTE, class_color, draw_detections, image_grid
 
 
 def _dets(boxes, labels, scores=None):

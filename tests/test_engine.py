@@ -241,7 +241,7 @@ def test_bad_device_is_a_user_error():
 def test_training_curves_png(tmp_path):
     from PIL import Image
 
-    from singleshot.curves import plot_training_curves
+    from singleshot.render.curves import plot_training_curves
 
     steps = [
         {"epoch": e / 4, "loss": 3 - e / 4, "loc": 1.0, "conf": 2 - e / 4, "lr": 0.01 * min(1, e / 2)}
@@ -545,7 +545,7 @@ def test_val_data_needs_the_same_names_order_and_coco_ids(tmp_path, edit, what):
 
 def test_config_winograd_reaches_the_model(tmp_path, tiny_voc):
     from singleshot.engine import Trainer
-    from singleshot.models.winograd import Conv2d
+    from singleshot.models.winograd import WinogradConv2d
 
     # ssd_small at width 16 has 3x3 convolutions of 8 x 16 = 128 channels: Winograd-capable layers.
     for enabled in (True, False):
@@ -553,7 +553,7 @@ def test_config_winograd_reaches_the_model(tmp_path, tiny_voc):
             tiny_voc, tmp_path / f"r{enabled}", epochs=1, winograd=enabled, model_options={"width": 16}
         )
         result = Trainer(config, on_step=lambda t: t.stop(), progress=False).fit()
-        convs = [m for m in result.model.modules() if type(m) is Conv2d]
+        convs = [m for m in result.model.modules() if type(m) is WinogradConv2d]
         assert convs and all(m.winograd is enabled for m in convs)
         assert result.model.winograd is enabled
 

@@ -6,6 +6,8 @@ makes a third. Each takes 3 to 5 s of CPU, so the tests that export are marked s
 
 import importlib.util
 import json
+import stat
+import unittest.mock
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from torchvision.ops import nms
 from singleshot.boxes import decode
 from singleshot.cli import main
 from singleshot.errors import UserError
-from singleshot.export import DetectionGraph, export_onnx, multiclass_nms, require_onnx
+from singleshot.export import DetectionGraph, _save, export_onnx, multiclass_nms, require_onnx
 from singleshot.models import DEFAULT_MODEL, build_model, save_checkpoint
 from singleshot.postprocess import postprocess
 
@@ -191,6 +193,16 @@ def test_onnx_model_describes_itself(model, detections_onnx):
 
 
 # --- the command ------------------------------------------------------------------------------------
+
+
+def test_export_writes_a_normal_file_and_keeps_the_old_one_on_failure(model, tmp_path, umask_022):
+    path = export_onnx(model, tmp_path / "m.onnx", postprocess=False)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not the 0600 of a temporary file
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="choose another --out"):
+        with unittest.mock.patch("os.replace", side_effect=OSError(28, "No space left on device")):
+            _save(onnx.load(str(path)), path, onnx)  # the writing step of export_onnx, without the export
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests of singleshot.metrics (VOC devkit AP, COCO AP) and singleshot.plots.plot_pr_curves.
+"""Tests of singleshot.metrics (VOC devkit AP, COCO AP) and singleshot.render.pr.plot_pr_curves.
 
 VOC is compared with a literal re-implementation of the devkit's ``voc_eval.py`` (its loops), COCO with
 pycocotools' ``COCOeval`` run here on COCO objects built independently of singleshot's conversion.
@@ -26,7 +26,7 @@ from singleshot.metrics import (
     mean_average_precision,
 )
 from singleshot.metrics.coco import evaluate_coco, summarize_coco
-from singleshot.plots import plot_pr_curves
+from singleshot.render.pr import plot_pr_curves
 
 # ------------------------------------------------------------------------------ the devkit, literally
 

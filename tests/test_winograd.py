@@ -8,7 +8,7 @@ from torch import nn
 import singleshot.models.winograd as winograd
 from singleshot.models import build_model
 from singleshot.models.winograd import (
-    Conv2d,
+    FusedWinogradConv2d,
     WinogradConv2d,
     conv3x3_winograd,
     use_winograd,
@@ -133,7 +133,7 @@ def _stack():
 def test_use_winograd_keeps_parameters_and_state_dict_and_eval_is_exact():
     plain, swapped = _stack(), _stack()
     assert use_winograd(swapped) == 2
-    assert all(type(m) is Conv2d for m in (swapped[0], swapped[2]))
+    assert all(type(m) is WinogradConv2d for m in (swapped[0], swapped[2]))
     assert list(swapped.state_dict()) == list(plain.state_dict())
     x = torch.randn(2, 128, 16, 20)
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_training_falls_back_on_small_maps_and_under_autocast():
 
 def test_inference_module_falls_back_to_the_direct_convolution_on_small_maps():
     conv = nn.Conv2d(256, 256, 3, padding=1)
-    fused = WinogradConv2d(conv.weight, conv.bias, relu=True)
+    fused = FusedWinogradConv2d(conv.weight, conv.bias, relu=True)
     with torch.no_grad():
         for size in (8, 20):
             x = torch.randn(1, 256, size, size).contiguous(memory_format=torch.channels_last)
@@ -173,7 +173,7 @@ def test_ssd_trains_and_predicts_the_same_with_and_without_winograd():
     with torch.no_grad():  # a trained-looking head: few classes above the score threshold
         for conv in model.head.classification:
             conv.bias.view(-1, 4)[:, 0] += 6.0
-    convs = [m for m in model.modules() if type(m) is Conv2d]
+    convs = [m for m in model.modules() if type(m) is WinogradConv2d]
     assert len(convs) >= 9  # conv2_2 .. conv5_3 and the wide class heads
     images = [torch.randint(0, 256, (3, 80, 110), dtype=torch.uint8) for _ in range(2)]
     fast = model.predict(images)

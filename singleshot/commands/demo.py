@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from singleshot.files import atomic_write, write_text_atomic
+
 HELP = (
     "synthesise data, train the small model, evaluate and draw detections: the whole job in minutes on a CPU"
 )
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     total = time.perf_counter() - began
     summary["total_seconds"] = total
     text = summary_markdown(summary)
-    (out / "summary.md").write_text(text, encoding="utf-8")
+    write_text_atomic(out / "summary.md", text)
     print()
     print(text)
     return 0
@@ -124,7 +126,7 @@ def run_demo(
     from singleshot.engine.state import write_json
     from singleshot.metrics import format_ap_table, mean_average_precision
     from singleshot.models import DEFAULT_MODEL, load_checkpoint
-    from singleshot.plots import plot_pr_curves
+    from singleshot.render.pr import plot_pr_curves
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
@@ -232,13 +234,13 @@ def write_gallery(
     score_threshold: float = 0.5,
 ) -> Path:
     """A grid of the first ``count`` images of ``dataset`` with their detections scoring >= the threshold."""
-    from singleshot.draw import draw_detections, image_grid
+    from singleshot.render.draw import draw_detections, image_grid
 
     pictures = []
     for i in range(min(count, len(dataset))):
         image, _ = dataset.load(i)
         pictures.append(draw_detections(image, predictions[i], class_names, score_threshold))
-    image_grid(pictures, columns=columns).save(path)
+    atomic_write(path, lambda f: image_grid(pictures, columns=columns).save(f, format="PNG"))
     return path
 
 

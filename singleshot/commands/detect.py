@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from singleshot.errors import UserError
+from singleshot.files import atomic_write, write_text_atomic
 
 HELP = "Detect objects in images: annotated copies and one detections.json in --out."
 EXAMPLES = """\
@@ -221,14 +221,7 @@ def format_json(value, indent: int = 0) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".detections.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(format_json(payload) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, format_json(payload) + "\n")
 
 
 def _load(file: Path) -> tuple[torch.Tensor | None, str | None]:
@@ -253,14 +246,14 @@ def _loaded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor
 
 
 def _draw_and_save(image, det, class_names, score_threshold: float, path: Path) -> None:
-    from singleshot.draw import draw_detections
+    from singleshot.render.draw import draw_detections
 
     picture = draw_detections(image, det, class_names, score_threshold=score_threshold)
     try:
         if path.suffix == ".jpg":
-            picture.save(path, quality=92)
+            atomic_write(path, lambda f: picture.save(f, format="JPEG", quality=92))
         else:
-            picture.save(path)
+            atomic_write(path, lambda f: picture.save(f, format="PNG"))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out.") from None
 

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def write_reports(result: dict, args: argparse.Namespace, num_images: int, split: str | None) -> list[Path]:
     """The JSON and the precision-recall PNG that --json / --plots ask for; returns the paths written."""
     from singleshot.engine.state import write_json
-    from singleshot.plots import plot_pr_curves
+    from singleshot.render.pr import plot_pr_curves
 
     written = []
     pr_paths = []

@@ -26,6 +26,7 @@ import numpy as np
 
 from singleshot.data.records import ImageRecord, Problem, ReadResult, validate_box
 from singleshot.errors import UserError
+from singleshot.files import write_text_atomic
 
 ROBOFLOW_FILE = "_annotations.coco.json"
 
@@ -350,4 +351,4 @@ def write_json(path: Path, images: list[dict], annotations: list[dict], class_na
         "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(class_names)],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    write_text_atomic(path, json.dumps(data))

@@ -584,7 +584,7 @@ class Trainer:
         return None if math.isnan(value) else value  # NaN: the split has no ground truth to score
 
     def _write_records(self, out: Path, history: dict, config: TrainConfig) -> None:
-        from singleshot.curves import plot_training_curves
+        from singleshot.render.curves import plot_training_curves
 
         write_csv(out / "metrics.csv", history["epochs"], EPOCH_COLUMNS)
         plot_training_curves(

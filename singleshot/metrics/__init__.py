@@ -1,7 +1,7 @@
 """Mean average precision: the Pascal VOC devkit (VOC07 11-point and VOC2010+ area) and COCO.
 
     from singleshot.metrics import mean_average_precision, format_ap_table
-    from singleshot.plots import plot_pr_curves
+    from singleshot.render.pr import plot_pr_curves
 
     result = mean_average_precision(predictions, targets, metric="voc07", class_names=dataset.class_names)
     print(format_ap_table(result))          # per-class AP and the mAP line

@@ -25,10 +25,8 @@ user and no priors; such files still load, with this version's builder defaults 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from torch import Tensor, nn
 
 from singleshot import __version__
 from singleshot.errors import UserError
+from singleshot.files import atomic_write
 from singleshot.models.ssd import SSD
 from singleshot.models.zoo import build_model
 
@@ -104,23 +103,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     """Write ``model``'s checkpoint (plus ``extra`` training state) to ``path`` atomically.
 
     The file is written next to ``path`` under a temporary name, synced, then renamed over ``path``
-    (``os.replace``), so that a crash never leaves a half-written checkpoint. Returns the path.
+    (:func:`singleshot.files.atomic_write`), so that a crash never leaves a half-written checkpoint.
+    Returns the path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = checkpoint_dict(model, **extra)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(data, f))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,9 +15,9 @@ here as matrix products with the Kronecker products B^T (x) B^T (36 x 36) and A^
 
 The result equals the convolution up to float32 rounding: the transforms' coefficients (up to 8) make the
 error a few times larger than a direct convolution's (~1e-5 relative instead of ~3e-6). It serves the CPU
-in float32, for prediction (:class:`WinogradConv2d`) and training (:class:`Conv2d`, whose backward pass
-stays in the Winograd domain), where :func:`winograd_pays`: VGG16's 3x3 layers with >= 128 channels at
-38x38 and 75x75 run 1.5-2x faster than oneDNN's direct convolution on an AVX-512 CPU.
+in float32, for prediction (:class:`FusedWinogradConv2d`) and training (:class:`WinogradConv2d`, whose
+backward pass stays in the Winograd domain), where :func:`winograd_pays`: VGG16's 3x3 layers with >= 128
+channels at 38x38 and 75x75 run 1.5-2x faster than oneDNN's direct convolution on an AVX-512 CPU.
 """
 
 from __future__ import annotations
@@ -186,10 +186,10 @@ def winograd_pays(c_in: int, c_out: int, height: int, width: int, *, backward: b
 
 def winograd_suits(conv: nn.Module) -> bool:
     """Whether ``conv`` is a convolution F(4x4, 3x3) can compute: a plain ``nn.Conv2d`` (or a
-    :class:`Conv2d`) 3x3 with stride 1, padding 1, no dilation or groups, zero padding, and >= 128 input and
-    output channels (:func:`winograd_pays` decides per map size)."""
+    :class:`WinogradConv2d`) 3x3 with stride 1, padding 1, no dilation or groups, zero padding, and >= 128
+    input and output channels (:func:`winograd_pays` decides per map size)."""
     return (
-        type(conv) in (nn.Conv2d, Conv2d)
+        type(conv) in (nn.Conv2d, WinogradConv2d)
         and conv.kernel_size == (3, 3)
         and conv.stride == (1, 1)
         and conv.padding == (1, 1)
@@ -201,7 +201,7 @@ def winograd_suits(conv: nn.Module) -> bool:
     )
 
 
-class WinogradConv2d(nn.Module):
+class FusedWinogradConv2d(nn.Module):
     """An inference-only 3x3 convolution (stride 1, padding 1, no groups) for channels-last float32 input
     on the CPU, by :func:`conv3x3_winograd` where :func:`winograd_pays` for the map size and by the direct
     convolution elsewhere, with an optional fused ReLU.
@@ -307,7 +307,7 @@ def winograd_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     return _Winograd3x3.apply(nhwc, _transformed(weight, _G32).contiguous(), bias).permute(0, 3, 1, 2)
 
 
-class Conv2d(nn.Conv2d):
+class WinogradConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state dict) that trains by F(4x4, 3x3) on the CPU.
 
     In training mode, on the CPU, in float32 without autocast and where :func:`winograd_pays` (with the
@@ -336,13 +336,13 @@ class Conv2d(nn.Conv2d):
 
 
 def use_winograd(module: nn.Module, enabled: bool = True) -> int:
-    """Make every suitable 3x3 convolution under ``module`` a :class:`Conv2d` (in place: the same module
-    objects, parameters and state-dict keys, only their class changes) with Winograd training turned on or
-    off. Returns how many convolutions it set."""
+    """Make every suitable 3x3 convolution under ``module`` a :class:`WinogradConv2d` (in place: the same
+    module objects, parameters and state-dict keys, only their class changes) with Winograd training turned
+    on or off. Returns how many convolutions it set."""
     count = 0
     for conv in module.modules():
         if winograd_suits(conv):
-            conv.__class__ = Conv2d
+            conv.__class__ = WinogradConv2d
             conv.winograd = enabled
             count += 1
     return count

@@ -6,11 +6,11 @@ metrics CSV): ``steps`` are logged every few optimizer steps, ``epochs`` once pe
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
-from singleshot.engine.state import atomic_write_bytes
+from singleshot.files import atomic_write
 
 
 def plot_training_curves(
@@ -72,6 +72,6 @@ def plot_training_curves(
 
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from singleshot.errors import UserError
+from singleshot.files import atomic_write
 
 SINGLE_AXES_MAX = 10
 
@@ -95,7 +96,7 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
         fig.suptitle(title)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        atomic_write(path, lambda f: fig.savefig(f, format="png"))
     except OSError as e:
         raise UserError(
             f"cannot write the plot {str(path)!r} ({e.strerror or e}); choose a writable path."
