@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 BACKGROUNDS = ("gradient", "texture", "photo", "clutter")
 
@@ -114,14 +114,18 @@ def _fabric(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         )
     else:  # dots
         t = (((u % 1) - 0.5) ** 2 + ((v % 1) - 0.5) ** 2 < rng.uniform(0.04, 0.15)).astype(np.float32)
-    img = c0 + t[..., None] * (c1 - c0)
-    return img + _field(rng, w, h, 4, 3) * rng.uniform(10, 35)
+    tint = _field(rng, max(8, w // 4), max(8, h // 4), 4, 3) * rng.uniform(10, 35) + c0
+    tint = Image.fromarray(np.clip(tint, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    return np.asarray(tint, np.float32) + t[..., None].astype(np.float32) * (c1 - c0).astype(np.float32)
 
 
 def texture(rng: np.random.Generator, w: int, h: int, clutter: float) -> Image.Image:
     """Coloured multi-octave value noise or a fabric-like repeated pattern, with a little line clutter."""
-    a = _value_noise(rng, w, h) if rng.random() < 0.5 else _fabric(rng, w, h)
-    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:  # smooth: drawn at half resolution, then upsampled
+        small = _value_noise(rng, max(8, w // 2), max(8, h // 2))
+        im = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    else:
+        im = Image.fromarray(np.clip(_fabric(rng, w, h), 0, 255).astype(np.uint8))
     _lines(ImageDraw.Draw(im), rng, w, h, clutter * 0.3)
     return im
 
@@ -141,6 +145,8 @@ def _blurred_blobs(rng: np.random.Generator, w: int, h: int, n: int, dark: bool)
 
 def photo(rng: np.random.Generator, w: int, h: int, clutter: float) -> Image.Image:
     """A photo-like scene: sky/ground or blurred blobs, soft shadows, fine grain and vignetting."""
+    full_w, full_h = w, h
+    w, h = max(16, w // 2), max(16, h // 2)  # the smooth scene is drawn at half resolution
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if rng.random() < 0.5:  # sky over ground, a wavy horizon
         sky_top, sky_low = rng.uniform([60, 90, 140], [170, 200, 255]), rng.uniform(150, 245, 3)
@@ -167,22 +173,24 @@ def photo(rng: np.random.Generator, w: int, h: int, clutter: float) -> Image.Ima
     a *= 1 - rng.uniform(0.2, 0.5) * shadow[..., None]
     r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
     a *= (1 - rng.uniform(0.1, 0.4) * np.clip(r2 / 2, 0, 1))[..., None]
-    a += rng.normal(0, rng.uniform(2, 6), (h, w, 1)).astype(np.float32)
-    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-    _lines(ImageDraw.Draw(im), rng, w, h, clutter * 0.2)
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).resize((full_w, full_h), Image.BICUBIC)
+    bits = int(rng.integers(2, 4))  # fine grain, the same in the three channels
+    grain = np.frombuffer(rng.bytes(full_w * full_h), np.uint8).reshape(full_h, full_w) & (2**bits - 1)
+    im = ImageChops.add(im, Image.fromarray(grain).convert("RGB"), 1.0, -(2 ** (bits - 1)))
+    _lines(ImageDraw.Draw(im), rng, full_w, full_h, clutter * 0.2)
     return im
 
 
 def _irregular(rng: np.random.Generator, cx: float, cy: float, r: float, smooth: bool) -> list[tuple]:
-    """An irregular polygon (5-9 corners of random radius) or a smooth blob (many points, low-order wobble)."""
+    """An irregular polygon (6-10 corners of random radius) or a smooth blob (many points, low-order wobble)."""
     if smooth:
         a = np.linspace(0, 2 * math.pi, 40, endpoint=False)
         rad = np.ones_like(a)
         for k in (2, 3, 4):
             rad += rng.uniform(0, 0.25) * np.cos(k * a + rng.uniform(0, 2 * math.pi))
     else:
-        a = np.sort(rng.uniform(0, 2 * math.pi, int(rng.integers(5, 10))))
-        rad = rng.uniform(0.35, 1.0, len(a))
+        a = np.sort(rng.uniform(0, 2 * math.pi, int(rng.integers(6, 11))))
+        rad = rng.uniform(0.4, 1.0, len(a))
     sx, sy = r, r * rng.uniform(0.5, 1.5)
     return [(cx + sx * q * math.cos(t), cy + sy * q * math.sin(t)) for q, t in zip(rad, a)]
 
