@@ -688,6 +688,39 @@ def _write_coco(out: Path, per_split: dict[str, list], names: list[str]) -> None
         write_json(out / "annotations" / f"instances_{name}.json", images, anns, names)
 
 
+def _make_folders(out: Path, format: str, split_names: list[str], names: list[str]) -> None:
+    for name in split_names:
+        if format == "coco":
+            (out / name).mkdir(exist_ok=True)
+        elif format == "yolo":
+            (out / "images" / name).mkdir(parents=True, exist_ok=True)
+            (out / "labels" / name).mkdir(parents=True, exist_ok=True)
+    if format == "voc":
+        (out / "JPEGImages").mkdir()
+        (out / "Annotations").mkdir()
+        (out / "classes.txt").write_text("".join(f"{n}\n" for n in names))
+
+
+def _write_lists(out: Path, format: str, per_split: dict[str, list], names: list[str]) -> dict[str, int]:
+    """The split lists (VOC), instances files (COCO) or data.yaml (YOLO); returns the images per split."""
+    split_sizes = {n: len(v) for n, v in per_split.items()}
+    if format == "voc":
+        from singleshot.data.voc import write_split
+
+        for name, ids in per_split.items():
+            write_split(out, name, ids)
+        if "train" in per_split and "val" in per_split and "trainval" not in per_split:
+            write_split(out, "trainval", per_split["train"] + per_split["val"])
+            split_sizes["trainval"] = split_sizes["train"] + split_sizes["val"]
+    elif format == "coco":
+        _write_coco(out, per_split, names)
+    else:
+        from singleshot.data.yolo import data_yaml
+
+        (out / "data.yaml").write_text(data_yaml(list(per_split), names))
+    return split_sizes
+
+
 def synthesize(
     out,
     num_images: int,
@@ -766,20 +799,9 @@ def synthesize(
     _prepare(out, format, overwrite, [n for n, _ in counts])
     names = list(shapes)
 
-    assignment = []
-    for name, c in counts:
-        assignment += [name] * c
+    assignment = [name for name, c in counts for _ in range(c)]
     per_split: dict[str, list] = {n: [] for n, _ in counts}
-    for name in per_split:
-        if format == "coco":
-            (out / name).mkdir(exist_ok=True)
-        elif format == "yolo":
-            (out / "images" / name).mkdir(parents=True, exist_ok=True)
-            (out / "labels" / name).mkdir(parents=True, exist_ok=True)
-    if format == "voc":
-        (out / "JPEGImages").mkdir()
-        (out / "Annotations").mkdir()
-        (out / "classes.txt").write_text("".join(f"{n}\n" for n in names))
+    _make_folders(out, format, list(per_split), names)
     job = _Job(
         str(out),
         format,
@@ -817,19 +839,5 @@ def synthesize(
                 (i + 1, f"{stem}.jpg", boxes, classes, hw) if format == "coco" else stem
             )
 
-    split_sizes = {n: len(v) for n, v in per_split.items()}
-    if format == "voc":
-        from singleshot.data.voc import write_split
-
-        for name, ids in per_split.items():
-            write_split(out, name, ids)
-        if "train" in per_split and "val" in per_split and "trainval" not in per_split:
-            write_split(out, "trainval", per_split["train"] + per_split["val"])
-            split_sizes["trainval"] = split_sizes["train"] + split_sizes["val"]
-    elif format == "coco":
-        _write_coco(out, per_split, names)
-    else:
-        from singleshot.data.yolo import data_yaml
-
-        (out / "data.yaml").write_text(data_yaml(list(per_split), names))
+    split_sizes = _write_lists(out, format, per_split, names)
     return SynthSummary(str(out), format, names, split_sizes, num_images, num_objects)
