@@ -13,7 +13,7 @@ this Python:
 
 with R = RESULTS/<set>, timing the training and reading R/metrics.csv for the epochs. It writes
 RESULTS/generalisation.md (a table) and RESULTS/generalisation.json (the raw numbers). A set whose
-R/test.json exists is not run again unless --force.
+R/test.json exists is not run again unless --force (its row is read back from R/).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ def _find(obj, pattern: str):
     return None
 
 
-def _coverage(boxes_json: Path | None, train_log: Path) -> tuple[float | None, float | None]:
+def _coverage(boxes_json: Path, train_log: Path) -> tuple[float | None, float | None]:
     """Default-box coverage before and after fitting, from boxes.json or else the training log."""
     before = after = None
-    if boxes_json is not None and boxes_json.exists():
+    if boxes_json.exists():
         try:
             data = json.loads(boxes_json.read_text())
             before = _find(data, r"(?i)coverage.*(before|default|initial)|(before|default|initial).*coverage")
@@ -90,45 +90,69 @@ def _epochs(metrics_csv: Path) -> int | None:
 
 def _images(data: Path, split: str) -> int | None:
     """Images in a split, read with singleshot (None when it cannot be read)."""
-    code = f"from singleshot.data import open_dataset; print(len(open_dataset({str(data)!r}, {split!r})))"
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    return int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip().isdigit() else None
+    sys.path.insert(0, str(ROOT))
+    from singleshot.data import open_dataset
+    from singleshot.errors import UserError
+
+    try:
+        return len(open_dataset(data, split))
+    except (UserError, OSError, ValueError):
+        return None
 
 
 def run_set(data: Path, results: Path, extra: list[str], force: bool) -> dict:
-    """Run (or, when R/test.json exists and not ``force``, read back) one set; returns its row."""
+    """Run one set, or only read its results back when R/test.json exists (and not ``force``)."""
     r = results / data.name
-    raw = r / "result.json"
-    if (r / "test.json").exists() and raw.exists() and not force:
-        return json.loads(raw.read_text())
-    r.mkdir(parents=True, exist_ok=True)
-    py = [sys.executable, "-m", "singleshot"]
-    rc_boxes, _ = _run(
-        [*py, "default-boxes", "--data", str(data), "--json", str(r / "boxes.json")], r / "boxes.log"
-    )
-    rc_train, seconds = _run([*py, "train", "--data", str(data), "--out", str(r), *extra], r / "train.log")
-    rc_eval = None
-    if rc_train == 0 and (r / "best.pt").exists():
-        cmd = [*py, "eval", str(r / "best.pt"), "--data", str(data), "--split", "test", "--metric", "voc07"]
-        rc_eval, _ = _run([*cmd, "--json", str(r / "test.json")], r / "eval.log")
-    test = json.loads((r / "test.json").read_text()) if rc_eval == 0 and (r / "test.json").exists() else {}
-    before, after = _coverage(r / "boxes.json" if rc_boxes == 0 else None, r / "train.log")
-    row = {
+    timing = r / "timing.json"
+    if force or not (r / "test.json").exists():
+        r.mkdir(parents=True, exist_ok=True)
+        py = [sys.executable, "-m", "singleshot"]
+        boxes = [*py, "default-boxes", "--data", str(data), "--json", str(r / "boxes.json")]
+        rc_boxes, _ = _run(boxes, r / "boxes.log")
+        for stale in ("test.json", "boxes.json") if rc_boxes != 0 else ("test.json",):
+            (r / stale).unlink(missing_ok=True)
+        rc_train, seconds = _run(
+            [*py, "train", "--data", str(data), "--out", str(r), *extra], r / "train.log"
+        )
+        rc_eval = None
+        if rc_train == 0 and (r / "best.pt").exists():
+            cmd = [
+                *py,
+                "eval",
+                str(r / "best.pt"),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--metric",
+                "voc07",
+            ]
+            rc_eval, _ = _run([*cmd, "--json", str(r / "test.json")], r / "eval.log")
+        run = {
+            "train_seconds": round(seconds, 1),
+            "train_exit": rc_train,
+            "eval_exit": rc_eval,
+            "extra": extra,
+        }
+        run["default_boxes"] = "ok" if rc_boxes == 0 else "n/a"
+        timing.write_text(json.dumps(run, indent=2) + "\n")
+    run = json.loads(timing.read_text()) if timing.exists() else {"default_boxes": "n/a"}
+    test = json.loads((r / "test.json").read_text()) if (r / "test.json").exists() else {}
+    before, after = _coverage(r / "boxes.json", r / "train.log")
+    return {
         "name": data.name,
         "train_images": _images(data, "train"),
         "test_images": _images(data, "test"),
         "coverage_before": before,
         "coverage_after": after,
-        "default_boxes": "ok" if rc_boxes == 0 else "n/a",
         "test_map": test.get("map"),
-        "train_seconds": round(seconds, 1),
         "epochs": _epochs(r / "metrics.csv"),
-        "train_exit": rc_train,
-        "eval_exit": rc_eval,
-        "extra": extra,
+        "train_seconds": run.get("train_seconds"),
+        "train_exit": run.get("train_exit"),
+        "eval_exit": run.get("eval_exit"),
+        "default_boxes": run.get("default_boxes"),
+        "extra": run.get("extra"),
     }
-    raw.write_text(json.dumps(row, indent=2) + "\n")
-    return row
 
 
 def _pct(v) -> str:
@@ -143,10 +167,10 @@ def table(rows: list[dict], family: dict) -> str:
     ]
     for row in rows:
         d = family.get(row["name"], {})
-        minutes = f"{row['train_seconds'] / 60:.1f} min" + (
-            f" ({row['epochs']} epochs)" if row["epochs"] else ""
-        )
-        if row["train_exit"] != 0:
+        seconds = row["train_seconds"]
+        minutes = "n/a" if seconds is None else f"{seconds / 60:.1f} min"
+        minutes += f" ({row['epochs']} epochs)" if row["epochs"] else ""
+        if row["train_exit"] not in (0, None):
             minutes += f", train failed (exit {row['train_exit']})"
         lines.append(
             f"| {row['name']}{' (held out)' if d.get('held_out') else ''} | {d.get('hard', '')} "
@@ -190,7 +214,7 @@ def main(argv=None) -> int:
         row = run_set(family_dir / name, results, extra, args.force)
         rows.append(row)
         print(
-            f"{name}: test mAP {_pct(row['test_map'])}, {row['train_seconds']:.0f} s training, "
+            f"{name}: test mAP {_pct(row['test_map'])}, {row['train_seconds']} s training, "
             f"{row['epochs']} epochs, default-boxes {row['default_boxes']}",
             flush=True,
         )
