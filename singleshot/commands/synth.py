@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size",
         default="300",
         metavar="S",
-        help="image side S, or WxH (width x height) (default: 300)",
+        help="image side S, WxH (width x height), a range A-B for each side, or a list such as "
+        "320x240,240x320 (each image takes one) (default: 300)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="the same seed writes the same files (default: 0)"
@@ -64,20 +65,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--objects", default="1-5", metavar="MIN-MAX", help="objects per image (default: 1-5)"
     )
     parser.add_argument("--clutter", type=float, default=0.5, help="background clutter, 0..1 (default: 0.5)")
+    parser.add_argument(
+        "--shapes", default=None, metavar="NAMES", help="comma-separated class names instead of --classes"
+    )
+    parser.add_argument(
+        "--background",
+        default="gradient",
+        help="gradient, texture, photo, clutter, mixed, or a list such as texture,photo (default: gradient)",
+    )
+    parser.add_argument("--shaded", action="store_true", help="objects shaded like lit 3-D objects")
+    parser.add_argument(
+        "--occlusion",
+        type=float,
+        default=None,
+        metavar="F",
+        help="later objects may cover up to F of each earlier box (default: --max-overlap 0.3 rules)",
+    )
+    parser.add_argument(
+        "--max-overlap", type=float, default=0.3, help="most one box may cover of another (default: 0.3)"
+    )
+    parser.add_argument(
+        "--occluders", type=float, default=0.0, metavar="P", help="chance per object of a blob over it"
+    )
+    parser.add_argument(
+        "--background-only", type=float, default=0.0, metavar="F", help="share of images with no objects"
+    )
+    parser.add_argument(
+        "--difficult-below",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="VOC: mark objects whose shorter side is under PX pixels difficult",
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: up to 4)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"300"`` -> (300, 300); ``"320x240"`` (width x height) -> (240, 320) as (height, width)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
-    if not m:
-        raise UserError(
-            f"--image-size {text!r} is malformed; give a side such as 300 or WxH such as 320x240."
-        )
-    w = int(m.group(1))
-    h = int(m.group(2)) if m.group(2) else w
-    return h, w
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -96,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.images,
         format=args.format,
-        image_size=parse_image_size(args.image_size),
+        image_size=args.image_size,
         seed=args.seed,
         splits=args.splits,
         num_classes=args.classes,
@@ -105,6 +126,14 @@ def run(args: argparse.Namespace) -> int:
         min_objects=lo,
         max_objects=hi,
         clutter=args.clutter,
+        shapes=tuple(n.strip() for n in args.shapes.split(",") if n.strip()) if args.shapes else None,
+        background=args.background,
+        shaded=args.shaded,
+        occlusion=args.occlusion,
+        max_overlap=args.max_overlap,
+        occluders=args.occluders,
+        background_only=args.background_only,
+        difficult_below=args.difficult_below,
         overwrite=args.overwrite,
         workers=args.workers,
         progress=True,
