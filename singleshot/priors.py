@@ -86,7 +86,7 @@ def check_densities(densities: Sequence[int] | None, num_layers: int) -> list[in
     return values
 
 
-def _cell_shapes(s: float, s_next: float, ratios: Sequence[float]) -> list[tuple[float, float]]:
+def cell_shapes(s: float, s_next: float, ratios: Sequence[float]) -> list[tuple[float, float]]:
     """(w, h) of the boxes of one cell, in the reference order."""
     shapes = [(s, s)]
     extra = math.sqrt(s * s_next)
@@ -159,7 +159,7 @@ def default_boxes(
     layers = []
     for k in range(m):
         fh, fw = _pair(feature_sizes[k])
-        shapes = _cell_shapes(scales[k], scales[k + 1], aspect_ratios[k])
+        shapes = cell_shapes(scales[k], scales[k + 1], aspect_ratios[k])
         d = densities[k]
         # Per box of the cell, its centre's offset inside the cell (in cells) and its (w, h).
         sub = [(a + 0.5) / d for a in range(d)]

@@ -1,0 +1,1 @@
+"""Drawings written as image files (matplotlib Agg, no display)."""
