@@ -26,6 +26,7 @@ COMMANDS = {
     "models": "models",
     "synth": "synth",
     "check-data": "check_data",
+    "default-boxes": "default_boxes",
     "bench": "bench",
 }
 

@@ -12,6 +12,12 @@ Inside a cell the order is, as in every reference implementation:
     then for each r of the layer: (s sqrt(r), s / sqrt(r)), (s / sqrt(r), s sqrt(r)).
 
 Cells are row-major (y outer, x inner) and layers follow each other.
+
+A layer of density d > 1 (``densities``) carries its first box, the square of scale s_k, d x d times in
+each cell, centred on the sub-grid ``(j + (a + 0.5) / d) * step`` (a = 0 .. d - 1, y outer, x inner), in
+place of the one square at the cell centre; the other boxes of the cell stay at the centre. A finer set of
+small squares covers objects under ~2.7 strides at any position without a finer feature map (the
+"anchor densification" of FaceBoxes, Zhang et al. 2017).
 """
 
 from __future__ import annotations
@@ -56,12 +62,31 @@ def scales_from_sizes(min_sizes: Sequence[float], max_size: float, image_size: f
     return [float(s) / image_size for s in min_sizes] + [float(max_size) / image_size]
 
 
-def boxes_per_cell(aspect_ratios: Sequence[Sequence[float]]) -> list[int]:
-    """Number of default boxes per cell of each layer: 2 squares plus 2 per ratio r (r and 1/r)."""
-    return [2 + 2 * len(ratios) for ratios in aspect_ratios]
+def boxes_per_cell(
+    aspect_ratios: Sequence[Sequence[float]], densities: Sequence[int] | None = None
+) -> list[int]:
+    """Number of default boxes per cell of each layer: 2 squares plus 2 per ratio r (r and 1/r).
+
+    With ``densities``, layer k's first square counts ``d_k ** 2`` times.
+    """
+    densities = check_densities(densities, len(aspect_ratios))
+    return [1 + d * d + 2 * len(ratios) for ratios, d in zip(aspect_ratios, densities)]
 
 
-def _cell_shapes(s: float, s_next: float, ratios: Sequence[float]) -> list[tuple[float, float]]:
+def check_densities(densities: Sequence[int] | None, num_layers: int) -> list[int]:
+    """``densities`` as a list of ``num_layers`` ints >= 1 (None: all 1); ValueError otherwise."""
+    if densities is None:
+        return [1] * num_layers
+    values = list(densities)
+    if len(values) != num_layers:
+        raise ValueError(f"densities needs one value per source map ({num_layers}), got {len(values)}")
+    for d in values:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"densities must be ints of at least 1, got {values}")
+    return values
+
+
+def cell_shapes(s: float, s_next: float, ratios: Sequence[float]) -> list[tuple[float, float]]:
     """(w, h) of the boxes of one cell, in the reference order."""
     shapes = [(s, s)]
     extra = math.sqrt(s * s_next)
@@ -85,6 +110,7 @@ def default_boxes(
     s_max: float = 0.9,
     steps: Sequence[float | Sequence[float]] | None = None,
     clip: str | None = "cxcywh",
+    densities: Sequence[int] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
@@ -102,10 +128,12 @@ def default_boxes(
         clip: ``"corners"`` clips (xmin, ymin, xmax, ymax) to [0, 1] and returns the clipped box in
             centre form (Caffe); ``"cxcywh"`` clamps all four centre-form values (ssd.pytorch);
             ``"wh"`` clamps only w and h (torchvision); None leaves the boxes alone.
+        densities: per layer an int d_k >= 1: the first square of layer k is repeated on a d_k x d_k
+            sub-grid of each cell (see the module docstring). None: 1 everywhere.
 
     Returns:
         Tensor[P, 4]: ``(cx, cy, w, h)`` relative to the input image, P = sum_k h_k w_k n_k with
-        n_k = 2 + 2 len(aspect_ratios[k]).
+        n_k = 1 + d_k^2 + 2 len(aspect_ratios[k]) (``boxes_per_cell``).
     """
     m = len(feature_sizes)
     if len(aspect_ratios) != m:
@@ -126,26 +154,36 @@ def default_boxes(
         if len(steps) != m:
             raise ValueError(f"{m} feature sizes but {len(steps)} steps")
         img_h, img_w = _pair(image_size)
+    densities = check_densities(densities, m)
 
     layers = []
     for k in range(m):
         fh, fw = _pair(feature_sizes[k])
+        shapes = cell_shapes(scales[k], scales[k + 1], aspect_ratios[k])
+        d = densities[k]
+        # Per box of the cell, its centre's offset inside the cell (in cells) and its (w, h).
+        sub = [(a + 0.5) / d for a in range(d)]
+        frac_y = torch.tensor(
+            [fy for fy in sub for _ in sub] + [0.5] * (len(shapes) - 1), dtype=torch.float64
+        )
+        frac_x = torch.tensor(
+            [fx for _ in sub for fx in sub] + [0.5] * (len(shapes) - 1), dtype=torch.float64
+        )
+        wh = torch.tensor([shapes[0]] * (d * d) + shapes[1:], dtype=torch.float64)  # (n, 2)
+        n = wh.shape[0]
+        rows = torch.arange(fh, dtype=torch.float64)[:, None] + frac_y  # (fh, n)
+        cols = torch.arange(fw, dtype=torch.float64)[:, None] + frac_x  # (fw, n)
         if steps is not None:
             step_y, step_x = _pair(steps[k])
             # (j + 0.5) * step / size: the product is exact, so one rounding (the division) in float64.
-            cy = (torch.arange(fh, dtype=torch.float64) + 0.5) * step_y / img_h
-            cx = (torch.arange(fw, dtype=torch.float64) + 0.5) * step_x / img_w
+            cy, cx = rows * step_y / img_h, cols * step_x / img_w
         else:
-            cy = (torch.arange(fh, dtype=torch.float64) + 0.5) / fh
-            cx = (torch.arange(fw, dtype=torch.float64) + 0.5) / fw
+            cy, cx = rows / fh, cols / fw
         # A single float64 rounding followed by the cast gives the correctly rounded float32 centre
         # (double rounding is harmless for one division), i.e. exactly torchvision's float32 centres.
-        cy, cx = torch.meshgrid(cy, cx, indexing="ij")  # (fh, fw), row-major
-        wh = torch.tensor(
-            _cell_shapes(scales[k], scales[k + 1], aspect_ratios[k]), dtype=torch.float64
-        )  # (n, 2)
-        n = wh.shape[0]
-        centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, n, 2)  # (fh*fw, n, 2)
+        cy = cy[:, None, :].expand(fh, fw, n)  # cells row-major, then the boxes of a cell
+        cx = cx[None, :, :].expand(fh, fw, n)
+        centres = torch.stack([cx, cy], dim=-1).reshape(fh * fw, n, 2)
         sizes = wh.unsqueeze(0).expand(fh * fw, n, 2)
         layers.append(torch.cat([centres, sizes], dim=-1).reshape(-1, 4))
     priors = torch.cat(layers, dim=0)

@@ -173,9 +173,19 @@ def test_round_trip_keeps_the_resolved_arguments_and_the_priors(tmp_path):
         "aspect_ratios": [[2.0], [2.0, 3.0], [2.0, 3.0], [2.0]],
         "steps": None,
         "clip": "cxcywh",
+        "densities": [1, 1, 1, 1],
     }
     assert torch.equal(raw["priors"], model.priors) and raw["priors"].dtype == torch.float32
     assert torch.equal(load_checkpoint(path).priors, model.priors)
+
+
+def test_round_trip_keeps_the_densities(tmp_path):
+    model = build_model("ssd_small", 3, width=4, densities=[2, 1, 1, 1])
+    path = save_checkpoint(tmp_path / "dense.pt", model)
+    assert read_checkpoint(path)["arch_args"]["densities"] == [2, 1, 1, 1]
+    loaded = load_checkpoint(path)
+    assert loaded.densities == [2, 1, 1, 1] and torch.equal(loaded.priors, model.priors)
+    assert len(model.priors) == 3420 + 24 * 24 * 3  # the 576 small squares of stride 8, now 4 each
 
 
 def _change_small_defaults(monkeypatch) -> None:

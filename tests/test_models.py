@@ -236,6 +236,7 @@ def test_arch_args_hold_plain_types_only():
         "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         "steps": None,
         "clip": None,
+        "densities": [1, 1, 1, 1, 1, 1],
     }
     lite = build_model("ssdlite320_mobilenet_v3_large", 3)
     assert lite.arch_args == {
@@ -243,6 +244,7 @@ def test_arch_args_hold_plain_types_only():
         "scales": pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0]),
         "steps": None,
         "clip": "wh",
+        "densities": [1, 1, 1, 1, 1, 1],
         "reduced_tail": True,
     }
 

@@ -25,7 +25,7 @@ from singleshot.loss import MultiBoxLoss
 from singleshot.models.inference import inference_network
 from singleshot.models.winograd import use_winograd
 from singleshot.postprocess import postprocess
-from singleshot.priors import CLIP_MODES, boxes_per_cell, default_boxes
+from singleshot.priors import CLIP_MODES, boxes_per_cell, check_densities, default_boxes
 
 # ImageNet statistics of torchvision's classification weights, RGB on the [0, 1] pixel scale.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -151,7 +151,8 @@ class SSD(nn.Module):
         num_classes: C, background (class 0) included.
         image_size: ``(h, w)`` (or an int) of the network input; ``predict`` resizes to it and
             ``model.priors`` are the default boxes of this size.
-        aspect_ratios, scales, steps, clip: the default boxes, see :func:`singleshot.priors.default_boxes`.
+        aspect_ratios, scales, steps, clip, densities: the default boxes, see
+            :func:`singleshot.priors.default_boxes`.
             ``steps`` (pixel strides) are those of ``image_size`` and apply to that input size only; at
             any other size the centres are spread evenly over each map, ``(j + 0.5) / f_k``.
         mean, std: RGB normalisation on the [0, 1] pixel scale.
@@ -182,6 +183,7 @@ class SSD(nn.Module):
         scales: Sequence[float],
         steps: Sequence[float | Sequence[float]] | None = None,
         clip: str | None = None,
+        densities: Sequence[int] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         antialias: bool = True,
@@ -199,8 +201,15 @@ class SSD(nn.Module):
             raise ValueError(
                 f"head in_channels {head.in_channels} != backbone out_channels {backbone.out_channels}"
             )
-        if head.boxes_per_cell != boxes_per_cell(aspect_ratios):
-            raise ValueError(f"head boxes per cell {head.boxes_per_cell} do not follow from {aspect_ratios}")
+        try:
+            densities = check_densities(densities, len(aspect_ratios))
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if head.boxes_per_cell != boxes_per_cell(aspect_ratios, densities):
+            raise ValueError(
+                f"head boxes per cell {head.boxes_per_cell} do not follow from {aspect_ratios} "
+                f"and densities {densities}"
+            )
         if head.num_classes != num_classes:
             raise ValueError(f"head predicts {head.num_classes} classes, the model {num_classes}")
         if len(scales) != len(aspect_ratios) + 1:
@@ -219,6 +228,7 @@ class SSD(nn.Module):
         self.scales = [float(s) for s in scales]
         self.steps = None if steps is None else [s if isinstance(s, (int, float)) else list(s) for s in steps]
         self.clip = clip
+        self.densities = densities
         self.antialias = bool(antialias)
         self.class_names = class_names
         self.score_threshold = score_threshold
@@ -347,6 +357,7 @@ class SSD(nn.Module):
                 scales=self.scales,
                 steps=self.steps if own else None,
                 clip=self.clip,
+                densities=self.densities,
             )
         device = self.priors.device if hasattr(self, "priors") else None
         return self._priors_cache[size].to(device)

@@ -13,7 +13,10 @@ that a checkpoint rebuilds the same architecture even after a later version chan
 
 Default boxes: ``scales`` is a list of m + 1 relative scales or the name of a reference configuration;
 ``steps="auto"`` uses the reference pixel strides at the reference input size and evenly spread centres
-at any other size (``image_size`` may be an int or ``(h, w)``, e.g. ``(300, 500)``).
+at any other size (``image_size`` may be an int or ``(h, w)``, e.g. ``(300, 500)``). Every builder takes
+``densities`` (one int per source map, default all 1): layer k repeats its smallest square on a d x d
+sub-grid of each cell (:func:`singleshot.priors.default_boxes`); ``singleshot default-boxes --fit``
+proposes scales, ratios and densities for a data set.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from singleshot.models.small import SmallBackbone
 from singleshot.models.ssd import SSD, SSDHead, as_size
 from singleshot.models.vgg import VGG16Backbone, convert_vgg16_state_dict
 from singleshot.models.weights import backbone_state_dict
-from singleshot.priors import SSD300_COCO, SSD300_VOC, SSD512_VOC, TORCHVISION_SSD300, boxes_per_cell
+from singleshot.priors import (
+    SSD300_COCO,
+    SSD300_VOC,
+    SSD512_VOC,
+    TORCHVISION_SSD300,
+    boxes_per_cell,
+    check_densities,
+)
 
 DEFAULT_MODEL = "ssd_small"
 
@@ -114,7 +124,7 @@ def _resolved_arguments(builder: Callable[..., SSD], model: SSD, overrides: dict
         if key != "num_classes" and param.kind is not inspect.Parameter.VAR_KEYWORD
     }
     resolved = {**own, **overrides, "image_size": model.image_size}
-    for key in ("aspect_ratios", "scales", "steps", "clip"):
+    for key in ("aspect_ratios", "scales", "steps", "clip", "densities"):
         if key in own:
             resolved[key] = getattr(model, key)
     resolved.update(model.arch_args)
@@ -138,6 +148,13 @@ def _scales(scales: str | Sequence[float], presets: dict[str, dict], model: str)
     return [float(s) for s in scales]
 
 
+def _densities(densities: Sequence[int] | None, num_layers: int, model: str) -> list[int]:
+    try:
+        return check_densities(densities, num_layers)
+    except ValueError as exc:
+        raise UserError(f"{model}: {exc}") from None
+
+
 def _steps(steps, image_size: tuple[int, int], reference: dict) -> list | None:
     if steps == "auto":
         ref = reference["image_size"]
@@ -154,25 +171,29 @@ def _vgg_ssd(
     scales,
     steps,
     clip,
+    densities,
     backbone_weights,
     kwargs: dict,
 ) -> SSD:
     image_size = as_size(image_size)
     aspect_ratios = reference["aspect_ratios"]
+    name = f"ssd{reference['image_size']}_vgg16"
+    densities = _densities(densities, len(aspect_ratios), name)
     backbone = VGG16Backbone(variant)
     if backbone_weights is not None:
         state, source = backbone_state_dict(backbone_weights, "vgg16")
         backbone.load_state_dict(convert_vgg16_state_dict(state, source), strict=False)
-    head = SSDHead(backbone.out_channels, boxes_per_cell(aspect_ratios), num_classes)
+    head = SSDHead(backbone.out_channels, boxes_per_cell(aspect_ratios, densities), num_classes)
     return SSD(
         backbone,
         head,
         num_classes=num_classes,
         image_size=image_size,
         aspect_ratios=aspect_ratios,
-        scales=_scales(scales, presets, f"ssd{reference['image_size']}_vgg16"),
+        scales=_scales(scales, presets, name),
         steps=_steps(steps, image_size, reference),
         clip=clip,
+        densities=densities,
         **kwargs,
     )
 
@@ -185,6 +206,7 @@ def ssd300_vgg16(
     scales: str | Sequence[float] = "voc",
     steps: str | Sequence[float] | None = "auto",
     clip: str | None = None,
+    densities: Sequence[int] | None = None,
     backbone_weights: str | os.PathLike | None = None,
     **kwargs,
 ) -> SSD:
@@ -196,7 +218,17 @@ def ssd300_vgg16(
     """
     presets = {"voc": SSD300_VOC, "coco": SSD300_COCO, "torchvision": TORCHVISION_SSD300}
     return _vgg_ssd(
-        "ssd300", SSD300_VOC, presets, num_classes, image_size, scales, steps, clip, backbone_weights, kwargs
+        "ssd300",
+        SSD300_VOC,
+        presets,
+        num_classes,
+        image_size,
+        scales,
+        steps,
+        clip,
+        densities,
+        backbone_weights,
+        kwargs,
     )
 
 
@@ -208,6 +240,7 @@ def ssd512_vgg16(
     scales: str | Sequence[float] = "voc",
     steps: str | Sequence[float] | None = "auto",
     clip: str | None = None,
+    densities: Sequence[int] | None = None,
     backbone_weights: str | os.PathLike | None = None,
     **kwargs,
 ) -> SSD:
@@ -218,7 +251,17 @@ def ssd512_vgg16(
     """
     presets = {"voc": SSD512_VOC}
     return _vgg_ssd(
-        "ssd512", SSD512_VOC, presets, num_classes, image_size, scales, steps, clip, backbone_weights, kwargs
+        "ssd512",
+        SSD512_VOC,
+        presets,
+        num_classes,
+        image_size,
+        scales,
+        steps,
+        clip,
+        densities,
+        backbone_weights,
+        kwargs,
     )
 
 
@@ -235,6 +278,7 @@ def ssdlite320_mobilenet_v3_large(
     scales: Sequence[float] = tuple(SSDLITE_SCALES),
     steps: Sequence[float] | None = None,
     clip: str | None = "wh",
+    densities: Sequence[int] | None = None,
     reduced_tail: bool | None = None,
     backbone_weights: str | os.PathLike | None = None,
     **kwargs,
@@ -255,9 +299,10 @@ def ssdlite320_mobilenet_v3_large(
     if backbone_weights is not None:
         state, source = backbone_state_dict(backbone_weights, "mobilenet_v3_large")
         load_mobilenet_v3_weights(backbone, state, source)
+    densities = _densities(densities, len(aspect_ratios), "ssdlite320_mobilenet_v3_large")
     head = SSDHead(
         backbone.out_channels,
-        boxes_per_cell(aspect_ratios),
+        boxes_per_cell(aspect_ratios, densities),
         num_classes,
         separable=True,
         norm_layer=BatchNorm2d,
@@ -280,6 +325,7 @@ def ssdlite320_mobilenet_v3_large(
         scales=[float(s) for s in scales],
         steps=steps,
         clip=clip,
+        densities=densities,
         **kwargs,
     )
     model.arch_args = {"reduced_tail": reduced_tail}
@@ -303,6 +349,7 @@ def ssd_small(
     aspect_ratios: Sequence[Sequence[float]] = tuple(map(tuple, SMALL_ASPECT_RATIOS)),
     steps: Sequence[float] | None = None,
     clip: str | None = "cxcywh",
+    densities: Sequence[int] | None = None,
     backbone_weights: None = None,
     **kwargs,
 ) -> SSD:
@@ -312,8 +359,11 @@ def ssd_small(
     """
     if backbone_weights is not None:
         raise UserError("ssd_small has no ImageNet weights; train it from scratch (drop backbone_weights)")
+    densities = _densities(densities, len(aspect_ratios), "ssd_small")
     backbone = SmallBackbone(width)
-    head = SSDHead(backbone.out_channels, boxes_per_cell(aspect_ratios), num_classes, background_prior=0.9)
+    head = SSDHead(
+        backbone.out_channels, boxes_per_cell(aspect_ratios, densities), num_classes, background_prior=0.9
+    )
     return SSD(
         backbone,
         head,
@@ -323,5 +373,6 @@ def ssd_small(
         scales=[float(s) for s in scales],
         steps=steps,
         clip=clip,
+        densities=densities,
         **kwargs,
     )
