@@ -621,3 +621,28 @@ def describe_fit(
             f"({spacing:.0f} px here), so a finer map, a larger input or a larger budget would be needed."
         )
     return changes
+
+
+def fit_for_model(model, boxes_rel: Tensor, budget: float = 2.0) -> Fit:
+    """:func:`fit_default_boxes` for an SSD ``model``'s source maps at its input size.
+
+    The ratios and densities change only where the model's builder takes them (``model.arch_args``).
+
+    Args:
+        model: an :class:`singleshot.models.SSD` (its ``feature_sizes``, ``scales``, ``aspect_ratios``,
+            ``steps``, ``clip`` and ``densities`` describe its default boxes).
+        boxes_rel (Tensor[N, 4]): ground truths, xyxy relative to their image.
+        budget: the most default boxes allowed, as a multiple of the model's number.
+    """
+    return fit_default_boxes(
+        boxes_rel,
+        model.feature_sizes(model.image_size),
+        image_size=model.image_size,
+        scales=model.scales,
+        aspect_ratios=model.aspect_ratios,
+        steps=model.steps,
+        clip=model.clip,
+        densities=model.densities,
+        budget=budget,
+        tune=[key for key in ("aspect_ratios", "densities") if key in model.arch_args],
+    )

@@ -7,9 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 HELP = (
     "Measure how many training objects the default boxes can match (IoU >= 0.5); --fit proposes better ones."
 )
@@ -55,18 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plot", default=None, metavar="FILE", help="PNG of object sizes (default: next to --json)"
     )
-
-
-def training_boxes(dataset) -> Tensor:
-    """Tensor[N, 4] xyxy relative to their image: the objects training learns (not difficult, not crowd)."""
-    boxes = []
-    for i in range(len(dataset)):
-        target = dataset.annotation(i)
-        info = dataset.image_info(i)
-        keep = ~(target["difficult"].bool() | target["iscrowd"].bool())
-        scale = torch.tensor([info.width, info.height, info.width, info.height], dtype=torch.float32)
-        boxes.append(target["boxes"][keep] / scale)
-    return torch.cat(boxes) if boxes else torch.zeros(0, 4)
 
 
 def _layer_shapes(scales, aspect_ratios) -> list[list[tuple[float, float]]]:
@@ -117,7 +102,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from singleshot.coverage import check_learnable_boxes, coverage, fit_default_boxes
+    from singleshot.coverage import check_learnable_boxes, coverage, fit_for_model
     from singleshot.data import open_dataset
     from singleshot.models import build_model
 
@@ -125,25 +110,13 @@ def run(args: argparse.Namespace) -> int:
     where = f"{args.data}" + (f" (split {dataset.split})" if dataset.split else "")
     options = {} if args.image_size is None else {"image_size": args.image_size}
     model = build_model(args.model, max(2, dataset.num_classes), **options)
-    boxes = training_boxes(dataset)
+    boxes = dataset.training_boxes()
     check_learnable_boxes(boxes, model.image_size, where)
     h, w = model.image_size
     before = coverage(boxes, model.priors)
     fit = None
     if args.fit:
-        tune = [key for key in ("aspect_ratios", "densities") if key in model.arch_args]
-        fit = fit_default_boxes(
-            boxes,
-            model.feature_sizes(model.image_size),
-            image_size=model.image_size,
-            scales=model.scales,
-            aspect_ratios=model.aspect_ratios,
-            steps=model.steps,
-            clip=model.clip,
-            densities=model.densities,
-            budget=args.budget,
-            tune=tune,
-        )
+        fit = fit_for_model(model, boxes, budget=args.budget)
     print(
         f"{args.model} at {h}x{w}: {before.num_priors} default boxes; {before.num_boxes} objects in {where}"
     )

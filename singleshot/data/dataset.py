@@ -125,6 +125,22 @@ class DetectionDataset(Dataset):
             w, h = read_image_header(path).upright_size
         return ImageInfo(path, w, h)
 
+    def training_boxes(self) -> Tensor:
+        """The objects training learns (not difficult, not crowd): Tensor[N, 4] xyxy relative to their image.
+
+        Image sizes come from the annotations; an image whose annotation does not record it (YOLO needs
+        none, its boxes are relative already; VOC without <size>) has its header read.
+        """
+        keep = ~(self._difficult.astype(bool) | self._iscrowd.astype(bool))
+        boxes = self._boxes.astype(np.float64)
+        if not self.normalized:
+            sizes = self._sizes.astype(np.float64)
+            for i in np.flatnonzero((sizes <= 0).any(axis=1)):
+                sizes[i] = self.image_info(int(i))[1:]
+            per_box = np.repeat(sizes, np.diff(self._offsets), axis=0)  # (N, 2): w, h of each box's image
+            boxes = boxes / np.tile(per_box, 2)
+        return torch.from_numpy(np.clip(boxes[keep], 0.0, 1.0).astype(np.float32)).reshape(-1, 4)
+
     def class_counts(self) -> np.ndarray:
         """Objects per label, ``ndarray[K + 1]`` (index 0, background, is 0)."""
         return np.bincount(self._labels, minlength=self.num_classes)

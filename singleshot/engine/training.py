@@ -41,8 +41,8 @@ from singleshot.engine.config import TrainConfig, default_lr, option_name
 from singleshot.engine.distributed import World
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
 from singleshot.engine.loader import EpochBatches, default_workers, make_loader, workers_stopped_after
-from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.recipe import adapt_config
+from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.schedule import WarmupSchedule
 from singleshot.engine.state import capture_rng, restore_rng, seed_everything, write_csv, write_json
 from singleshot.errors import UserError
@@ -160,6 +160,7 @@ class Trainer:
             config = self.config = dataclasses.replace(config, model=model_name)
         if checkpoint is not None:
             self._check_resume(checkpoint)
+            config = self.config = _left_open_from(config, checkpoint["config"])
         if config.workers is None:
             self.config = dataclasses.replace(config, workers=default_workers())
         return checkpoint
@@ -339,11 +340,15 @@ class Trainer:
             )
         config, saved = self.config, checkpoint["config"]
         size = checkpoint["preprocessing"]["image_size"]
-        options = saved.get("model_options", {})
+        options = {**saved.get("model_options", {}), **checkpoint.get("arch_args", {})}  # what the model has
         contradictions = [
             ("model", config.model != checkpoint["arch"], checkpoint["arch"]),
             ("image_size", config.image_size is not None and [config.image_size] * 2 != size, size[0]),
-            ("model_options", config.model_options != options, options),
+            (
+                "model_options",
+                any(options.get(key, value) != value for key, value in config.model_options.items()),
+                options,
+            ),
         ]
         for key, differs, value in contradictions:
             if differs:
@@ -597,6 +602,15 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.world.is_main:
             tqdm.write(text, file=sys.stderr)
+
+
+def _left_open_from(config: TrainConfig, saved: dict) -> TrainConfig:
+    """``config`` with what it leaves open (None, or an empty dict) taken from a resumed run's ``saved``
+    configuration: the values its recipe chose (epochs, batch size, augmentation, fitted default boxes)."""
+    keys = ("epochs", "batch_size", "val_every", "augment", "recipe")
+    values = {key: saved[key] for key in keys if key in saved and getattr(config, key) in (None, {})}
+    values["model_options"] = {**saved.get("model_options", {}), **config.model_options}
+    return config.updated(values, "the resumed run's configuration")
 
 
 def _plural(n: int, word: str) -> str:
