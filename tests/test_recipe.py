@@ -27,7 +27,7 @@ def test_object_sizes_is_the_square_root_of_the_area():
         (0.2, 192),  # 16 / 0.2 = 80 px: the range's smallest size
         (0.07, 256),  # 16 / 0.07 = 228.6 -> the next multiple of 32
         (0.0625, 256),  # exactly 256
-        (0.03, 320),  # 533 px wanted: capped at the range's largest
+        (0.03, 256),  # 533 px wanted: capped at the range's largest
     ],
 )
 def test_image_size_follows_the_tenth_percentile_object(side, expected):
@@ -36,7 +36,7 @@ def test_image_size_follows_the_tenth_percentile_object(side, expected):
     size, why = choose_image_size("ssd_small", boxes)
     assert size == expected
     assert why.startswith(f"{expected} px")
-    assert ("would need" in why) == (16 / side > 320)
+    assert ("would span" in why) == (16 / side > 256)
 
 
 def test_models_outside_the_size_table_keep_their_input_size():

@@ -53,6 +53,7 @@ class DemoRecipe:
     lr: float = 0.03
     warmup_epochs: float = 0.2
     val_every: int = 2
+    width: int = 12  # ssd_small's base width: narrower than the default, enough for these shapes
     augment: dict = field(
         default_factory=lambda: {"photometric": False, "expand": False, "crop_min_scale": 0.5}
     )
@@ -168,6 +169,7 @@ def run_demo(
         workers=workers,
         device=device,
         augment=dict(recipe.augment),
+        model_options={"width": recipe.width},
     )
     from singleshot.engine import distributed
 

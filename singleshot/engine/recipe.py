@@ -7,7 +7,7 @@ trainer prints those sentences in the first lines of a run and records them in `
 
 - **Input size** (models that take any input size, such as ``ssd_small``): the smallest multiple of 32 at
   which the 10th percentile of the training objects spans :data:`SMALL_OBJECT_PIXELS` pixels, within the
-  model's range (``ssd_small``: 192 to 320 px on a CPU). Small objects are learned only when they cover a
+  model's range (``ssd_small``: 192 to 256 px on a CPU). Small objects are learned only when they cover a
   few cells of the finest source map (stride 8).
 - **Epochs**: enough optimisation for a small data set, bounded for a large one: about
   :data:`TARGET_SAMPLES` training samples in all (``ceil(TARGET_SAMPLES / images)`` epochs), within
@@ -29,7 +29,7 @@ SMALL_OBJECT_PIXELS = 16.0
 """Pixels (at the network input) that the 10th-percentile object should span: about 2 strides of the finest
 source map of ``ssd_small``."""
 
-SIZE_RANGES = {"ssd_small": (192, 320)}
+SIZE_RANGES = {"ssd_small": (192, 256)}
 """Input sizes the recipe may choose per model (multiples of 32); other models keep their own size."""
 
 TARGET_SAMPLES = 30_000
@@ -75,12 +75,17 @@ def choose_image_size(model: str, boxes_rel: np.ndarray) -> tuple[int | None, st
     q10 = float(np.quantile(sizes, 0.1))
     wanted = SMALL_OBJECT_PIXELS / q10
     size = int(min(high, max(low, 32 * math.ceil(wanted / 32))))
-    where = "the largest" if wanted > high else "the smallest" if wanted <= low else "the"
-    return size, (
-        f"{size} px: {where} size of {model}'s range {low}-{high} at which the 10th-percentile object "
-        f"({100 * q10:.1f} % of the image side) spans {SMALL_OBJECT_PIXELS:.0f} px"
-        + (f" (it would need {wanted:.0f} px)" if wanted > high else "")
-    )
+    if wanted > high:
+        why = (
+            f"{size} px, the largest of {model}'s range {low}-{high}: the 10th-percentile object "
+            f"({100 * q10:.1f} % of the image side) would span {SMALL_OBJECT_PIXELS:.0f} px at {wanted:.0f} px"
+        )
+    else:
+        why = (
+            f"{size} px, the smallest of {model}'s range {low}-{high} at which the 10th-percentile object "
+            f"({100 * q10:.1f} % of the image side) spans {SMALL_OBJECT_PIXELS:.0f} px"
+        )
+    return size, why
 
 
 def choose_recipe(

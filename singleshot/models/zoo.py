@@ -344,7 +344,7 @@ def ssd_small(
     num_classes: int,
     *,
     image_size: int | Sequence[int] = 192,
-    width: int = 12,
+    width: int = 16,
     scales: Sequence[float] = tuple(SMALL_SCALES),
     aspect_ratios: Sequence[Sequence[float]] = tuple(map(tuple, SMALL_ASPECT_RATIOS)),
     steps: Sequence[float] | None = None,
