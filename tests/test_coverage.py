@@ -227,3 +227,16 @@ def test_densities_repeat_the_smallest_square_on_a_sub_grid():
     assert cls_logits.shape == (1, len(dense), 3) and box_deltas.shape == (1, len(dense), 4)
     with pytest.raises(UserError, match="densities"):
         build_model("ssd_small", 3, densities=[0, 1, 1, 1])
+
+
+def test_fit_repairs_reference_scales_whose_boxes_leave_the_image():
+    # SSD300's last maps have ratio-2 boxes of 0.71 * sqrt(2) and 0.88 * sqrt(2) of the image: the fit's
+    # proposal keeps every box inside, with the ratios fixed (the VGG builders take no aspect_ratios).
+    boxes = torch.cat([_boxes(200, 0.05, seed=6, jitter=0.3), _boxes(200, 0.5, seed=7, jitter=0.3)])
+    options = {k: v for k, v in SSD300_VOC.items() if k != "feature_sizes"}
+    fit = fit_default_boxes(boxes, SSD300_VOC["feature_sizes"], **options, clip=None, tune=("densities",))
+    assert fit.aspect_ratios == SSD300_VOC["aspect_ratios"] and "aspect_ratios" not in fit.model_options
+    assert fit.after.num_priors <= 2 * 8732 and fit.after.coverage >= fit.before.coverage
+    priors = default_boxes(**{**SSD300_VOC, **fit.model_options}, clip=None)
+    assert len(priors) == fit.after.num_priors
+    assert float(priors[:, 2:].max()) <= 1.0 and float(priors[:, 2:].min()) * 300 >= 1.0
