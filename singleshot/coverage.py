@@ -442,13 +442,19 @@ def _descend(search: _Search, scales, ratios, densities, min_rel: float, rounds:
 
 
 def _repair(scales: list[float], ratios, min_rel: float) -> None:
-    """Move scales that break :func:`_feasible` to the nearest feasible grid value, first to last."""
-    for k in range(len(scales)):
+    """Move scales that break :func:`_feasible` to nearby grid values (in place): first each under its
+    upper bound and below the next (last to first), then within the other bounds (first to last)."""
+    m = len(ratios)
+    for k in reversed(range(m + 1)):
+        cap = _SCALE_GRID[-1] if k == m else min(0.99 / math.sqrt(max(ratios[k], default=1.0)), scales[k + 1])
+        if scales[k] >= cap:
+            scales[k] = max((g for g in _SCALE_GRID if g < cap), default=_SCALE_GRID[0])
+    for k in range(m + 1):
         if not _feasible(k, scales[k], scales, ratios, min_rel, with_next=False):
-            options = [s for s in _SCALE_GRID if _feasible(k, s, scales, ratios, min_rel, with_next=False)]
+            options = [g for g in _SCALE_GRID if _feasible(k, g, scales, ratios, min_rel, with_next=False)]
             if not options:
                 raise ValueError(f"no scale for position {k} keeps the boxes within 1 px .. the image")
-            scales[k] = min(options, key=lambda s: abs(math.log(s / scales[k])))
+            scales[k] = min(options, key=lambda g: abs(math.log(g / scales[k])))
 
 
 def _moves(search: _Search, ratios, densities, tune) -> list[tuple[str, int, object, int]]:
