@@ -161,6 +161,14 @@ def test_eval_prints_the_table_and_writes_json_and_pr_curves(trained_run, tiny_v
     )
     result = json.loads(out_json.read_text())
     assert 0 <= result["map"] <= 1 and set(result["per_class"]) == {"circle", "square", "triangle"}
+    # the printed mAP is the JSON's fraction in percent (one decimal)
+    (map_line,) = [line for line in printed.splitlines() if line.startswith("mAP (voc07)")]
+    assert map_line.split()[-1] == "%" and float(map_line.split()[-2]) == pytest.approx(
+        100 * result["map"], abs=0.05
+    )
+    for name, ap in result["per_class"].items():
+        (row,) = [line for line in printed.splitlines() if line.split()[:1] == [name]]
+        assert row.split()[1] == ("-" if ap is None else f"{100 * ap:.1f}")
     assert result["metric"] == "voc07" and result["split"] == "test" and result["num_images"] == 5
     assert (out_json.parent / "test_pr.png").stat().st_size > 0 and (
         plots / "pr_curves.png"
@@ -263,7 +271,13 @@ def test_coco_data_is_validated_with_the_coco_metric(tmp_path, capsys):
         "train",
         "test",
     )
-    assert "validation mAP (coco)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "validation mAP (coco)" in err
+    val_map = float(
+        (out / "metrics.csv").read_text().splitlines()[1].split(",")[EPOCH_COLUMNS.index("val_map")]
+    )
+    line = f"epoch 1/1: validation mAP (coco) {100 * val_map:.1f} %, best {100 * val_map:.1f} %"
+    assert line in err
 
 
 # ------------------------------------------------------------------------------------------ --val-data

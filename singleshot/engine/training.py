@@ -48,6 +48,7 @@ from singleshot.engine.state import (
     write_json,
 )
 from singleshot.errors import UserError
+from singleshot.metrics import format_map
 
 EPOCH_COLUMNS = (
     "epoch",
@@ -539,7 +540,7 @@ class Trainer:
                     if val_map is not None:
                         self._say(
                             f"epoch {epoch + 1}/{config.epochs}: validation mAP ({config.metric}) "
-                            f"{val_map:.4f}, best {best_map:.4f}"
+                            f"{format_map(val_map)}, best {format_map(best_map)}"
                         )
                 if self._should_stop(True) and epoch + 1 < config.epochs:
                     interrupted = True
