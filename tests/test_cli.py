@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from singleshot.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -41,6 +47,17 @@ def test_an_unknown_word_without_a_close_option_gets_no_suggestion(capsys):
     assert "unrecognized arguments: --zzzzzzzz." in err and "Did you mean" not in err
 
 
+def test_building_the_parser_imports_no_heavy_module():
+    """``singleshot --help`` must not pay for torch: command modules import it inside ``run``."""
+    heavy = ("torch", "torchvision", "matplotlib", "singleshot.engine.training", "singleshot.models")
+    code = (
+        "import sys, singleshot.cli; singleshot.cli.build_parser(); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_help_of_every_command_shows_its_defaults():
     parser = build_parser()
     train = parser.commands["train"].format_help()
@@ -56,3 +73,16 @@ def test_the_help_of_every_command_shows_its_defaults():
         "synth",
         "check-data",
     }
+
+
+@pytest.mark.parametrize("package", ["singleshot.data", "singleshot.engine"])
+def test_the_lazy_package_exports_every_name_it_lists(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    assert set(module.__all__) == set(module._EXPORTS)
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert getattr(importlib.import_module(f"{package}.{module._EXPORTS[name]}"), name) is value
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018

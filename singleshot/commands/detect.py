@@ -29,10 +29,12 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from singleshot.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "Detect objects in images: annotated copies and one detections.json in --out."
 EXAMPLES = """\
@@ -84,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available else cpu; anything else must be a usable torch device."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -266,6 +270,7 @@ def _draw_and_save(image, det, class_names, score_threshold: float, path: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from singleshot.models import load_checkpoint
