@@ -175,6 +175,33 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Tenso
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # the one copy, into (3, H, W)
 
 
+def as_image_tensor(image) -> Tensor:
+    """An image as a user holds it -> ``Tensor[3, H, W]`` RGB, channels first, what :meth:`SSD.predict` runs.
+
+    Args:
+        image: a PIL image of any mode (grayscale, palette and transparent ones are converted to RGB as
+            :func:`load_image` converts them), a numpy ``uint8`` array (H, W, 3) RGB, or a tensor
+            [3, H, W] (uint8, or float in [0, 1]), given back as it is.
+
+    Raises:
+        TypeError: anything else (one sentence naming what it got and what it takes).
+    """
+    takes = "a PIL image, a numpy uint8 array (H, W, 3) RGB or a tensor [3, H, W]"
+    if isinstance(image, Tensor):
+        if image.dim() == 3 and image.shape[0] == 3:
+            return image
+        raise TypeError(
+            f"an image tensor must be [3, H, W] (RGB, channels first), got shape {tuple(image.shape)}"
+        )
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(_to_rgb_array(image).transpose(2, 0, 1), order="C"))
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            return torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))
+        raise TypeError(f"an image must be {takes}, got a numpy {image.dtype} array of shape {image.shape}")
+    raise TypeError(f"an image must be {takes}, got {type(image).__name__}")
+
+
 def load_annotated_image(
     path: str | os.PathLike, annotated_size: tuple[int, int] | None = None, exif: str = "auto"
 ) -> tuple[Tensor, ImageHeader, bool]:
