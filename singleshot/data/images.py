@@ -17,6 +17,7 @@ can tell that case when the annotation records the image size (see ``exif_transp
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -93,6 +94,15 @@ def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if "cannot identify image file" in text:
         return "not an image file PIL can read"
+    truncated = re.fullmatch(r"image file is truncated(?: \((\d+) bytes? not processed\))?", text)
+    if truncated:  # PIL's own words: "image file is truncated (1 bytes not processed)"
+        left = truncated.group(1)
+        n = (
+            ""
+            if left is None
+            else f": {left} byte{'' if left == '1' else 's'} at its end could not be decoded"
+        )
+        return f"the file is truncated{n}"
     return text.split("\n")[0]
 
 
