@@ -418,3 +418,16 @@ def test_the_command_keeps_freed_memory_for_reuse():
 
     assert mapped("default") >= 64 << 20  # glibc maps a 64 MB block by itself (and unmaps it when freed)
     assert mapped("keep") < 64 << 20  # singleshot's setting: from the heap, kept for the next one
+
+
+def test_fewer_training_images_than_the_batch_say_an_epoch_is_one_step(tiny_voc, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_voc), "--out", str(out), *FAST, "--batch-size", "64"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == 64 and " for 1 epoch of 1 step, " in err  # singular counts
+    (line,) = [s for s in err.splitlines() if "< batch 64" in s]
+    assert line.endswith(
+        ": an epoch is one step, so warm-up covers the first 1 epoch"
+    )  # warm-up: 1 epoch (default)

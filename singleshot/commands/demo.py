@@ -149,7 +149,9 @@ def run_demo(
     timings["data"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    _say(f"[2/4] training {DEFAULT_MODEL} for {recipe.epochs} epochs in {out / 'run'}")
+    _say(
+        f"[2/4] training {DEFAULT_MODEL} for {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''} in {out / 'run'}"
+    )
     config = TrainConfig(
         data=str(data),
         out=str(out / "run"),

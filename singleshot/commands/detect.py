@@ -349,5 +349,7 @@ def run(args: argparse.Namespace) -> int:
     failed = (
         f"; {len(failures)} input{'s' if len(failures) > 1 else ''} failed (named above)" if failures else ""
     )
-    print(f"{len(results)} images, {found} detections -> {out / JSON_NAME}{failed}")
+    print(
+        f"{len(results)} image{'s' if len(results) != 1 else ''}, {found} detection{'s' if found != 1 else ''} -> {out / JSON_NAME}{failed}"
+    )
     return 1 if failures else 0

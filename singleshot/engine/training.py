@@ -273,7 +273,10 @@ class Trainer:
                 )
         val_set = open_dataset(path, split=split, **{**options, "format": format})
         _check_same_classes(train_set, val_set, config.data, config.val_data)
-        self._say(f"validating on {len(val_set)} images of {path}" + (f" (split {split})" if split else ""))
+        self._say(
+            f"validating on {_plural(len(val_set), 'image')} of {path}"
+            + (f" (split {split})" if split else "")
+        )
         return val_set
 
     def _resolve(self, model) -> TrainConfig:
@@ -421,7 +424,8 @@ class Trainer:
             restore_rng(checkpoint["rng"])
             if start_epoch >= config.epochs:
                 raise UserError(
-                    f"{self.resume} already finished {start_epoch} epochs; give --epochs larger than that "
+                    f"{self.resume} already finished {_plural(start_epoch, 'epoch')}; "
+                    "give --epochs larger than that "
                     "to train further"
                 )
         self.global_step = schedule.last_step
@@ -443,11 +447,18 @@ class Trainer:
             write_json(out / "config.json", config.to_dict())
             self._say(
                 f"training {config.model} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f} M "
-                f"parameters) on {len(train_set)} images of {len(class_names)} classes for "
+                f"parameters) on {_plural(len(train_set), 'image')} of {len(class_names)} "
+                f"class{'es' if len(class_names) != 1 else ''} for "
                 f"{_plural(config.epochs, 'epoch')} of {_plural(steps_per_epoch, 'step')}, "
                 f"{world.size} x batch {config.batch_size}, lr {config.lr:g}, "
                 f"{device}{', AMP' if config.amp else ''}; writing to {out}"
             )
+            if len(train_set) < config.batch_size * world.size:  # warm-up is counted in steps
+                warm = schedule.kwargs["warmup_steps"]
+                self._say(
+                    f"{_plural(len(train_set), 'training image')} < batch {config.batch_size * world.size}: "
+                    f"an epoch is one step, so warm-up covers the first {_plural(warm, 'epoch')}"
+                )
 
         def save_last(epoch: int, step: int, partial_state=None) -> None:
             self._stopped_at = (epoch, step)
