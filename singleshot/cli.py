@@ -42,21 +42,37 @@ examples:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with "did you mean" for misspelt options and subcommands, and exit status 2."""
+    """argparse with "did you mean" for misspelt options and subcommands, and exit status 2.
+
+    argparse reports a subcommand's unknown options from the top-level parser, which knows only its own
+    options; :meth:`parse_args` hands them to the subcommand's parser instead, so the hint names an
+    option of that command and points to its ``--help``.
+    """
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(self, "commands", {}).get(getattr(namespace, "command", None), self)
+            command._fail_unrecognized(extras)
+        return namespace
+
+    def _fail_unrecognized(self, extras: list[str]):
+        known = [s for action in self._actions for s in action.option_strings]
+        hint = ""
+        for word in extras:
+            name = word.split("=", 1)[0]
+            if name.startswith("-") and name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                if close:
+                    hint = f" Did you mean {close[0]}?"
+                    break
+        self._exit_with(f"unrecognized arguments: {' '.join(extras)}", hint)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         hint = ""
-        words = [a for a in sys.argv[1:] if a.startswith("-")]
-        known = [s for action in self._actions for s in action.option_strings]
-        if "unrecognized arguments" in message:
-            for word in words:
-                name = word.split("=", 1)[0]
-                if name not in known:
-                    close = difflib.get_close_matches(name, known, n=1)
-                    if close:
-                        hint = f" Did you mean {close[0]}?"
-                        break
-        elif "invalid choice" in message:
+        if "invalid choice" in message:
             choice = message.split("'", 2)[1] if "'" in message else ""
             choices = []
             for action in self._actions:
@@ -65,6 +81,9 @@ class ArgumentParser(argparse.ArgumentParser):
             close = difflib.get_close_matches(choice, [str(c) for c in choices], n=1)
             if close:
                 hint = f" Did you mean {close[0]}?"
+        self._exit_with(message, hint)
+
+    def _exit_with(self, message: str, hint: str):
         self.exit(2, f"{self.prog}: error: {message}.{hint} See '{self.prog} --help'.\n")
 
 
@@ -81,6 +100,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"singleshot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    parser.commands = {}
     for name in COMMANDS:
         try:
             module = _load(name)
@@ -96,6 +116,7 @@ def build_parser() -> ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(cmd)
+        parser.commands[name] = cmd
         cmd.set_defaults(_run=module.run)
     return parser
 

@@ -104,6 +104,21 @@ def write_coco(root: Path, data, name="instances_train.json") -> Path:
     return path
 
 
+def test_a_coco_json_file_names_its_split_after_the_file(tmp_path):
+    root = tmp_path / "coco"
+    write_image(root / "train" / "a.jpg")
+    path = write_coco(
+        root,
+        {
+            "images": [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 40}],
+            "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}],
+            "categories": [{"id": 1, "name": "thing"}],
+        },
+    )
+    report = check_data(path)
+    assert report.splits == {"instances_train.json": (1, 1)} and not report.errors, report
+
+
 def test_coco_problems(tmp_path):
     root = tmp_path / "coco"
     for name in ("a.jpg", "b.jpg"):

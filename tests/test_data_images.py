@@ -81,6 +81,41 @@ def test_unreadable_files_are_user_errors(tmp_path):
         read_image_header(tmp_path / "text.jpg")
 
 
+def test_a_truncated_image_is_said_in_plain_words(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (tmp_path / "cut.png").write_bytes(_png_bytes()[:-30])
+    for name in ("cut.jpg", "cut.png"):
+        with pytest.raises(UserError) as exc:
+            load_image(tmp_path / name)
+        message = str(exc.value)
+        assert f"cannot read image {tmp_path / name} (the file is truncated" in message, message
+        assert "not processed" not in message and "((" not in message and "))" not in message
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_pils_truncation_count_is_pluralised():
+    from singleshot.data.images import _reason
+
+    assert _reason(OSError("image file is truncated (1 bytes not processed)")) == (
+        "the file is truncated: 1 byte at its end could not be decoded"
+    )
+    assert _reason(OSError("image file is truncated (3 bytes not processed)")).endswith(
+        "3 bytes at its end could not be decoded"
+    )
+    assert _reason(OSError("image file is truncated")) == "the file is truncated"
+
+
 def test_error_hints_fit_the_caller(tmp_path):
     (tmp_path / "text.jpg").write_text("hello")
     # load_image serves `singleshot detect` and any caller: the file and the reason, no data-set command.

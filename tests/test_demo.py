@@ -32,6 +32,9 @@ def test_quick_demo_writes_every_output(tmp_path, capsys):
     assert results["map"] > 0.003
     summary = (out / "summary.md").read_text()
     assert "held-out test split: VOC07 mAP" in summary and "gallery.png" in summary
+    from singleshot.metrics import format_map
+
+    assert f"held-out test split: VOC07 mAP {format_map(results['map'])}**" in summary  # percent, as printed
     printed = capsys.readouterr().out
     assert "held-out test split" in printed and str(out) in printed  # says where the files are
 

@@ -23,6 +23,7 @@ from singleshot.metrics import (
     coco_data,
     coco_eval_pycocotools,
     format_ap_table,
+    format_map,
     mean_average_precision,
 )
 from singleshot.metrics.coco import evaluate_coco, summarize_coco
@@ -501,11 +502,33 @@ def test_format_ap_table():
     p, t = _one_image([[0, 0, 10, 10]], [1], [[0, 0, 10, 10]], [0.9], [1])
     table = format_ap_table(mean_average_precision(p, t, "voc07", class_names=["cat", "dog"]))
     lines = table.splitlines()
-    assert lines[1].split() == ["cat", "100.00", "1"]
+    assert lines[1].split() == ["cat", "100.0", "%", "1"]
     assert lines[2].split() == ["dog", "-", "0"]
-    assert lines[-1].split() == ["mAP", "(voc07)", "100.00"]
+    assert lines[-1].split() == ["mAP", "(voc07)", "100.0", "%"]
     coco = format_ap_table(mean_average_precision(p, t, "coco", class_names=["cat", "dog"]))
     assert "AP50" in coco and "AP large" in coco and coco.splitlines()[1].split()[0] == "cat"
+
+
+def test_format_map_is_percent_with_one_decimal():
+    assert format_map(0.8034) == "80.3 %"
+    assert format_map(0.00043) == "0.0 %" and format_map(0.0043) == "0.4 %"
+    assert format_map(1.0) == "100.0 %" and format_map(np.float32(0.25)) == "25.0 %"
+    assert format_map(None) == "-" and format_map(math.nan) == "-"
+
+
+def test_pr_curve_titles_use_format_map(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    titles = []
+    set_title = Axes.set_title
+    monkeypatch.setattr(
+        Axes, "set_title", lambda ax, text, *a, **k: titles.append(text) or set_title(ax, text, *a, **k)
+    )
+    predictions, targets = random_coco_set(3, num_images=6, num_classes=2)
+    result = mean_average_precision(predictions, targets, "voc07", class_names=["cat", "dog"])
+    plot_pr_curves(result, tmp_path / "pr.png")
+    assert titles == [f"voc07 mAP {format_map(result['map'])}"]
+    assert titles[0].endswith(" %") and 0 < result["map"] <= 1
 
 
 @pytest.mark.parametrize("num_classes,metric", [(3, "voc"), (14, "coco")])  # one axes; a grid

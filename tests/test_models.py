@@ -7,6 +7,7 @@ import json
 import math
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -177,6 +178,43 @@ def test_predict_settings_are_attributes():
     model.score_threshold = 0.9999
     assert len(model.predict([torch.rand(3, 64, 64)])[0]["boxes"]) == 0
     assert model.predict([]) == []
+
+
+def test_predict_takes_pil_images_and_numpy_arrays_as_well_as_tensors(rng):
+    from PIL import Image
+
+    model = build_model("ssd_small", 4, image_size=64)
+    model.score_threshold = 0.0  # an untrained model: keep its low scores, so that there is much to compare
+    tensor = torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8, generator=rng)
+    array = tensor.permute(1, 2, 0).numpy()  # (H, W, 3)
+    by_tensor, by_pil, by_numpy = model.predict([tensor, Image.fromarray(array), array])
+    assert len(by_tensor["boxes"]) > 0 and by_tensor["boxes"][:, 2].max() > 64  # in the image's 80 px width
+    for other in (by_pil, by_numpy):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(other[key], by_tensor[key], rtol=0, atol=0)
+
+    gray = Image.fromarray(array[..., 0])  # mode L: its gray replicated to RGB
+    (by_gray,) = model.predict([gray])
+    (by_replicated,) = model.predict([tensor[:1].expand(3, -1, -1)])
+    torch.testing.assert_close(by_gray["boxes"], by_replicated["boxes"], rtol=0, atol=0)
+    assert len(model.predict([gray.convert("P"), Image.fromarray(array).convert("RGBA")])) == 2
+
+
+@pytest.mark.parametrize(
+    "image,got",
+    [
+        (np.zeros((32, 32, 3), dtype=np.float32), "a numpy float32 array of shape (32, 32, 3)"),
+        (np.zeros((32, 32), dtype=np.uint8), "a numpy uint8 array of shape (32, 32)"),
+        (torch.zeros(32, 32, 3, dtype=torch.uint8), "got shape (32, 32, 3)"),
+        ("photo.jpg", "got str"),
+    ],
+)
+def test_predict_of_something_else_is_one_sentence_naming_it(image, got):
+    model = build_model("ssd_small", 4, image_size=64)
+    with pytest.raises(TypeError) as exc:
+        model.predict([image])
+    message = str(exc.value)
+    assert got in message and "[3, H, W]" in message and len(message.splitlines()) == 1
 
 
 def test_background_prior_initialises_the_softmax():

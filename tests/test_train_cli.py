@@ -161,6 +161,14 @@ def test_eval_prints_the_table_and_writes_json_and_pr_curves(trained_run, tiny_v
     )
     result = json.loads(out_json.read_text())
     assert 0 <= result["map"] <= 1 and set(result["per_class"]) == {"circle", "square", "triangle"}
+    # the printed mAP is the JSON's fraction in percent (one decimal)
+    (map_line,) = [line for line in printed.splitlines() if line.startswith("mAP (voc07)")]
+    assert map_line.split()[-1] == "%" and float(map_line.split()[-2]) == pytest.approx(
+        100 * result["map"], abs=0.05
+    )
+    for name, ap in result["per_class"].items():
+        (row,) = [line for line in printed.splitlines() if line.split()[:1] == [name]]
+        assert row.split()[1] == ("-" if ap is None else f"{100 * ap:.1f}")
     assert result["metric"] == "voc07" and result["split"] == "test" and result["num_images"] == 5
     assert (out_json.parent / "test_pr.png").stat().st_size > 0 and (
         plots / "pr_curves.png"
@@ -263,7 +271,13 @@ def test_coco_data_is_validated_with_the_coco_metric(tmp_path, capsys):
         "train",
         "test",
     )
-    assert "validation mAP (coco)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "validation mAP (coco)" in err
+    val_map = float(
+        (out / "metrics.csv").read_text().splitlines()[1].split(",")[EPOCH_COLUMNS.index("val_map")]
+    )
+    line = f"epoch 1/1: validation mAP (coco) {100 * val_map:.1f} %, best {100 * val_map:.1f} %"
+    assert line in err
 
 
 # ------------------------------------------------------------------------------------------ --val-data
@@ -404,3 +418,16 @@ def test_the_command_keeps_freed_memory_for_reuse():
 
     assert mapped("default") >= 64 << 20  # glibc maps a 64 MB block by itself (and unmaps it when freed)
     assert mapped("keep") < 64 << 20  # singleshot's setting: from the heap, kept for the next one
+
+
+def test_fewer_training_images_than_the_batch_say_an_epoch_is_one_step(tiny_voc, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tiny_voc), "--out", str(out), *FAST, "--batch-size", "64"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["batch_size"] == 64 and " for 1 epoch of 1 step, " in err  # singular counts
+    (line,) = [s for s in err.splitlines() if "< batch 64" in s]
+    assert line.endswith(
+        ": an epoch is one step, so warm-up covers the first 1 epoch"
+    )  # warm-up: 1 epoch (default)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from singleshot.errors import UserError
 
 HELP = "Measure singleshot against torchvision's SSD side by side (median of several runs)."
@@ -59,6 +57,8 @@ def _train_seconds_per_image(rows) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from singleshot import bench
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]

@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p.severity}: {p}")
     if len(shown) < len(report.problems):
         print(f"... {len(report.problems) - len(shown)} more not shown")
-    splits = "; ".join(f"{name}: {n} images, {m} objects" for name, (n, m) in report.splits.items())
+    splits = "; ".join(
+        f"{name}: {n} image{'s' if n != 1 else ''}, {m} object{'s' if m != 1 else ''}"
+        for name, (n, m) in report.splits.items()
+    )
     errors, warnings = len(report.errors), len(report.warnings)
     print(f"{report.path} ({report.format.upper()}) {splits or 'nothing readable'}")
     print(

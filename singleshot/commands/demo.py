@@ -125,7 +125,7 @@ def run_demo(
     from singleshot.data import open_dataset, synthesize
     from singleshot.engine import TrainConfig, Trainer, predict_dataset
     from singleshot.engine.state import write_json
-    from singleshot.metrics import format_ap_table, mean_average_precision
+    from singleshot.metrics import format_ap_table, format_map, mean_average_precision
     from singleshot.models import DEFAULT_MODEL, load_checkpoint
     from singleshot.render.pr import plot_pr_curves
 
@@ -152,7 +152,9 @@ def run_demo(
     timings["data"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    _say(f"[2/4] training {DEFAULT_MODEL} for {recipe.epochs} epochs in {out / 'run'}")
+    _say(
+        f"[2/4] training {DEFAULT_MODEL} for {recipe.epochs} epoch{'s' if recipe.epochs != 1 else ''} in {out / 'run'}"
+    )
     config = TrainConfig(
         data=str(data),
         out=str(out / "run"),
@@ -203,7 +205,7 @@ def run_demo(
         ),
     )
     plot_pr_curves(
-        metrics, out / "pr_curves.png", title=f"held-out test split: VOC07 mAP {100 * metrics['map']:.1f}"
+        metrics, out / "pr_curves.png", title=f"held-out test split: VOC07 mAP {format_map(metrics['map'])}"
     )
     shutil.copyfile(out / "run" / "curves.png", out / "curves.png")
     timings["evaluate"] = time.perf_counter() - began
@@ -248,6 +250,8 @@ def write_gallery(
 
 def summary_markdown(s: dict) -> str:
     """The summary printed at the end and written to OUT/summary.md."""
+    from singleshot.metrics import format_map
+
     r, t, synth = s["recipe"], s["timings"], s["synth"]
     splits = ", ".join(f"{n} {c}" for n, c in synth.splits.items() if n != "trainval")
     out = Path(s["out"])
@@ -260,8 +264,8 @@ def summary_markdown(s: dict) -> str:
   {len(synth.class_names)} classes ({", ".join(synth.class_names)})
 - model: {s["model"]}, {s["parameters"] / 1e6:.2f} M parameters, input {r.image_side} px, on {s["device"]}
 - training: {epochs}, batch {r.batch_size}, SGD lr {r.lr:g} with warmup and cosine decay: {t["train"]:.0f} s
-- **held-out test split: VOC07 mAP {100 * s["test_map"]:.1f}** on {s["test_images"]} images
-  (best validation mAP {100 * (s["best_val_map"] or 0):.1f})
+- **held-out test split: VOC07 mAP {format_map(s["test_map"])}** on {s["test_images"]} images
+  (best validation mAP {format_map(s["best_val_map"])})
 - wall time {total:.0f} s (data {t["data"]:.0f} s, training {t["train"]:.0f} s, test {t["evaluate"]:.0f} s)
 
 ```

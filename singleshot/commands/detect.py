@@ -28,11 +28,13 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from singleshot.errors import UserError
 from singleshot.files import atomic_write, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "Detect objects in images: annotated copies and one detections.json in --out."
 EXAMPLES = """\
@@ -84,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available else cpu; anything else must be a usable torch device."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -259,6 +263,7 @@ def _draw_and_save(image, det, class_names, score_threshold: float, path: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from singleshot.models import load_checkpoint
@@ -337,5 +342,7 @@ def run(args: argparse.Namespace) -> int:
     failed = (
         f"; {len(failures)} input{'s' if len(failures) > 1 else ''} failed (named above)" if failures else ""
     )
-    print(f"{len(results)} images, {found} detections -> {out / JSON_NAME}{failed}")
+    print(
+        f"{len(results)} image{'s' if len(results) != 1 else ''}, {found} detection{'s' if found != 1 else ''} -> {out / JSON_NAME}{failed}"
+    )
     return 1 if failures else 0

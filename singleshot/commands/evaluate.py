@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.teardown()
 
     where = f"{args.data}" + (f" (split {split})" if split else "")
-    print(f"{args.checkpoint} on {where}: {len(dataset)} images")
+    print(f"{args.checkpoint} on {where}: {len(dataset)} image{'s' if len(dataset) != 1 else ''}")
     print(format_ap_table(result))
     for path in write_reports(result, args, len(dataset), split):
         print(f"wrote {path}")

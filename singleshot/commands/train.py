@@ -230,6 +230,7 @@ def _resume_config(path: str) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     from singleshot.engine import Trainer, distributed
+    from singleshot.metrics import format_map
 
     config = build_config(args)
     config.validate()
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.teardown()
     if world.is_main and not result.interrupted:
         best = (
-            f"best validation mAP ({result.config.metric}) {result.best_map:.4f}; "
+            f"best validation mAP ({result.config.metric}) {format_map(result.best_map)}; "
             if result.best_map is not None
             else ""
         )

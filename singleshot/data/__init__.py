@@ -9,20 +9,34 @@
         ...
 """
 
-from singleshot.data.check import CheckReport, check_data, check_dataset
-from singleshot.data.dataset import DetectionDataset, collate
-from singleshot.data.formats import (
-    default_split,
-    describe_drops,
-    detect_format,
-    list_splits,
-    open_dataset,
-    read_class_names,
-)
-from singleshot.data.images import load_image, read_image_header
-from singleshot.data.records import FORMATS, VOC_CLASSES, ImageInfo, Problem
-from singleshot.data.synth import SHAPES, synthesize
-from singleshot.data.transforms import EvalTransform, TrainTransform, photometric_distort, sample_iou_crop
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# name -> the module that defines it; imported on first use (PEP 562), so that the command line's parser
+# can read ``singleshot.data.synth``'s defaults without importing torch (``transforms``).
+_EXPORTS = {
+    **dict.fromkeys(("CheckReport", "check_data", "check_dataset"), "check"),
+    **dict.fromkeys(("DetectionDataset", "collate"), "dataset"),
+    **dict.fromkeys(
+        (
+            "default_split",
+            "describe_drops",
+            "detect_format",
+            "list_splits",
+            "open_dataset",
+            "read_class_names",
+        ),
+        "formats",
+    ),
+    **dict.fromkeys(("FORMATS", "VOC_CLASSES", "ImageInfo", "Problem"), "records"),
+    **dict.fromkeys(("load_image", "read_image_header"), "images"),
+    **dict.fromkeys(("SHAPES", "synthesize"), "synth"),
+    **dict.fromkeys(
+        ("EvalTransform", "TrainTransform", "photometric_distort", "sample_iou_crop"), "transforms"
+    ),
+}
 
 __all__ = [
     "FORMATS", "SHAPES", "VOC_CLASSES", "CheckReport", "DetectionDataset", "EvalTransform", "ImageInfo", "Problem",
@@ -30,3 +44,33 @@ __all__ = [
     "list_splits", "load_image", "open_dataset", "photometric_distort", "read_class_names", "read_image_header",
     "sample_iou_crop", "synthesize",
 ]  # fmt: skip
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from singleshot.data.check import CheckReport, check_data, check_dataset
+    from singleshot.data.dataset import DetectionDataset, collate
+    from singleshot.data.formats import (
+        default_split,
+        describe_drops,
+        detect_format,
+        list_splits,
+        open_dataset,
+        read_class_names,
+    )
+    from singleshot.data.images import load_image, read_image_header
+    from singleshot.data.records import FORMATS, VOC_CLASSES, ImageInfo, Problem
+    from singleshot.data.synth import SHAPES, synthesize
+    from singleshot.data.transforms import EvalTransform, TrainTransform, photometric_distort, sample_iou_crop

@@ -60,7 +60,7 @@ def check_data(
     members: dict[str, set[str]] = {}
     class_lists: dict[str, list[str]] = {}
     for s in splits:
-        label = s or "(all)"
+        label = s or (p.name if p.is_file() else "(all)")  # a COCO JSON: the split is the file
         try:
             result = module.read(p, s, names)
         except UserError as exc:

@@ -17,6 +17,7 @@ can tell that case when the annotation records the image size (see ``exif_transp
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -93,6 +94,15 @@ def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if "cannot identify image file" in text:
         return "not an image file PIL can read"
+    truncated = re.fullmatch(r"image file is truncated(?: \((\d+) bytes? not processed\))?", text)
+    if truncated:  # PIL's own words: "image file is truncated (1 bytes not processed)"
+        left = truncated.group(1)
+        n = (
+            ""
+            if left is None
+            else f": {left} byte{'' if left == '1' else 's'} at its end could not be decoded"
+        )
+        return f"the file is truncated{n}"
     return text.split("\n")[0]
 
 
@@ -173,6 +183,33 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Tenso
     """
     array, _, _ = _decode(path, exif_transpose, None, "upright", None)
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # the one copy, into (3, H, W)
+
+
+def as_image_tensor(image) -> Tensor:
+    """An image as a user holds it -> ``Tensor[3, H, W]`` RGB, channels first, what :meth:`SSD.predict` runs.
+
+    Args:
+        image: a PIL image of any mode (grayscale, palette and transparent ones are converted to RGB as
+            :func:`load_image` converts them), a numpy ``uint8`` array (H, W, 3) RGB, or a tensor
+            [3, H, W] (uint8, or float in [0, 1]), given back as it is.
+
+    Raises:
+        TypeError: anything else (one sentence naming what it got and what it takes).
+    """
+    takes = "a PIL image, a numpy uint8 array (H, W, 3) RGB or a tensor [3, H, W]"
+    if isinstance(image, Tensor):
+        if image.dim() == 3 and image.shape[0] == 3:
+            return image
+        raise TypeError(
+            f"an image tensor must be [3, H, W] (RGB, channels first), got shape {tuple(image.shape)}"
+        )
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(_to_rgb_array(image).transpose(2, 0, 1), order="C"))
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            return torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C"))
+        raise TypeError(f"an image must be {takes}, got a numpy {image.dtype} array of shape {image.shape}")
+    raise TypeError(f"an image must be {takes}, got {type(image).__name__}")
 
 
 def load_annotated_image(

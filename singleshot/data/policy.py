@@ -111,7 +111,8 @@ def _open_val_data(
             )
     val_set = open_dataset(path, split=split, **{**options, "format": format})
     check_same_classes(train_set, val_set, data, val_data)
-    say(f"validating on {len(val_set)} images of {path}" + (f" (split {split})" if split else ""))
+    images = f"{len(val_set)} image{'s' if len(val_set) != 1 else ''}"
+    say(f"validating on {images} of {path}" + (f" (split {split})" if split else ""))
     return val_set
 
 

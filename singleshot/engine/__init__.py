@@ -9,11 +9,27 @@ run stands, in ``last.pt``), ``evaluation`` (:func:`predict_dataset`), ``distrib
 gathering), ``state`` (random states, atomic writes).
 """
 
-from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, default_lr
-from singleshot.engine.distributed import World, setup, teardown
-from singleshot.engine.evaluation import detect_batch, predict_dataset
-from singleshot.engine.schedule import WarmupSchedule, lr_factor
-from singleshot.engine.training import Trainer, TrainResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# name -> the module that defines it; imported on first use (PEP 562), so that ``singleshot.engine.config``
+# (which the command line's parser reads for its defaults) can be imported without importing torch.
+_EXPORTS = {
+    "REFERENCE_BATCH": "config",
+    "TrainConfig": "config",
+    "default_lr": "config",
+    "World": "distributed",
+    "setup": "distributed",
+    "teardown": "distributed",
+    "detect_batch": "evaluation",
+    "predict_dataset": "evaluation",
+    "WarmupSchedule": "schedule",
+    "lr_factor": "schedule",
+    "Trainer": "training",
+    "TrainResult": "training",
+}
 
 __all__ = [
     "REFERENCE_BATCH",
@@ -29,3 +45,24 @@ __all__ = [
     "setup",
     "teardown",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, default_lr
+    from singleshot.engine.distributed import World, setup, teardown
+    from singleshot.engine.evaluation import detect_batch, predict_dataset
+    from singleshot.engine.schedule import WarmupSchedule, lr_factor
+    from singleshot.engine.training import Trainer, TrainResult

@@ -46,6 +46,7 @@ from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.schedule import WarmupSchedule
 from singleshot.engine.state import capture_rng, restore_rng, seed_everything, write_csv, write_json
 from singleshot.errors import UserError
+from singleshot.metrics import format_map
 
 EPOCH_COLUMNS = (
     "epoch",
@@ -267,7 +268,7 @@ class Trainer:
         restore_rng(checkpoint["rng"])
         if state.epoch >= self.config.epochs:
             raise UserError(
-                f"{self.resume} already finished {state.epoch} epochs; give --epochs larger than that "
+                f"{self.resume} already finished {_plural(state.epoch, 'epoch')}; give --epochs larger than that "
                 "to train further"
             )
         return state
@@ -282,11 +283,18 @@ class Trainer:
         write_json(out / "config.json", config.to_dict())
         self._say(
             f"training {config.model} ({sum(p.numel() for p in run.core.parameters()) / 1e6:.2f} M "
-            f"parameters) on {len(train_set)} images of {len(train_set.class_names)} classes for "
+            f"parameters) on {_plural(len(train_set), 'image')} of {len(train_set.class_names)} "
+            f"class{'es' if len(train_set.class_names) != 1 else ''} for "
             f"{_plural(config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
             f"{world.size} x batch {config.batch_size}, lr {config.lr:g}, "
             f"{world.device}{', AMP' if config.amp else ''}; writing to {out}"
         )
+        if len(train_set) < config.batch_size * world.size:  # warm-up is counted in steps
+            warm = run.schedule.kwargs["warmup_steps"]
+            self._say(
+                f"{_plural(len(train_set), 'training image')} < batch {config.batch_size * world.size}: "
+                f"an epoch is one step, so warm-up covers the first {_plural(warm, 'epoch')}"
+            )
 
     def _resolve(self, model) -> TrainConfig:
         """The configuration with every derived value filled in (what ``config.json`` records)."""
@@ -488,7 +496,7 @@ class Trainer:
             if val_map is not None:
                 self._say(
                     f"epoch {epoch + 1}/{config.epochs}: validation mAP ({config.metric}) "
-                    f"{val_map:.4f}, best {state.best_map:.4f}"
+                    f"{format_map(val_map)}, best {format_map(state.best_map)}"
                 )
         return self._should_stop(True) and state.epoch < config.epochs
 

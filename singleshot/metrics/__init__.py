@@ -57,6 +57,7 @@ __all__ = [
     "coco_data",
     "build_coco",
     "format_ap_table",
+    "format_map",
 ]
 
 METRICS = ("voc07", "voc", "coco")
@@ -305,8 +306,20 @@ def _coco_result(data: CocoData, cat_names: dict[int, str], engine: str) -> dict
 # ------------------------------------------------------------------------------------------------ table
 
 
+def format_map(value: float | None) -> str:
+    """A mAP or AP (a fraction in [0, 1], as the results and JSON keep it) as a person reads it: percent
+    with one decimal and a % sign, ``0.8034 -> "80.3 %"``; ``"-"`` for None or NaN (no ground truth).
+
+    Every printed or drawn mAP/AP goes through this function, so the terminal, the logs and the plots use
+    one scale; JSON files keep the fraction.
+    """
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{100 * float(value):.1f} %"
+
+
 def format_ap_table(result: Mapping) -> str:
-    """A plain-text table of per-class AP (percent) and the mean, for the terminal.
+    """A plain-text table of per-class AP (:func:`format_map`: percent) and the mean, for the terminal.
 
     Classes without ground truth show "-" and are not in the mean. COCO adds an AP50 column and the lines
     AP50, AP75 and AP for small, medium and large objects.
@@ -317,20 +330,17 @@ def format_ap_table(result: Mapping) -> str:
     num_gt = result.get("num_gt", {})
     width = max([len("class"), len(f"mAP ({metric})")] + [len(n) for n in per_class])
 
-    def pct(v) -> str:
-        return "-" if v is None or math.isnan(v) else f"{100 * v:.2f}"
-
     head = "AP@[.5:.95]" if metric == "coco" else "AP"
     columns = [f"{head:>11}"] + ([f"{'AP50':>7}"] if per_class_50 is not None else []) + [f"{'objects':>8}"]
     lines = [f"{'class':<{width}}  " + " ".join(columns)]
     for name, ap in per_class.items():
-        row = [f"{pct(ap):>11}"]
+        row = [f"{format_map(ap):>11}"]
         if per_class_50 is not None:
-            row.append(f"{pct(per_class_50.get(name)):>7}")
+            row.append(f"{format_map(per_class_50.get(name)):>7}")
         row.append(f"{num_gt.get(name, ''):>8}")
         lines.append(f"{name:<{width}}  " + " ".join(row))
     lines.append("-" * len(lines[0]))
-    lines.append(f"{f'mAP ({metric})':<{width}}  {pct(result['map']):>11}")
+    lines.append(f"{f'mAP ({metric})':<{width}}  {format_map(result['map']):>11}")
     if metric == "coco":
         for key, label in (
             ("map_50", "AP50"),
@@ -339,5 +349,5 @@ def format_ap_table(result: Mapping) -> str:
             ("map_medium", "AP medium"),
             ("map_large", "AP large"),
         ):
-            lines.append(f"{label:<{width}}  {pct(result.get(key)):>11}")
+            lines.append(f"{label:<{width}}  {format_map(result.get(key)):>11}")
     return "\n".join(lines)

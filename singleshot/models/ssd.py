@@ -408,19 +408,19 @@ class SSD(nn.Module):
         """Detections of images of any sizes, with one batched forward pass.
 
         Args:
-            images: Tensor[3, h_i, w_i] each, RGB, uint8 (0..255) or float in [0, 1].
+            images: Tensor[3, h_i, w_i] each, RGB, uint8 (0..255) or float in [0, 1]; or PIL images of any
+                mode, or numpy uint8 arrays (h_i, w_i, 3) RGB (see ``singleshot.data.images.as_image_tensor``).
 
         Returns:
             one dict per image: ``"boxes"`` Tensor[K, 4] xyxy in that image's pixels, ``"scores"``
             Tensor[K], ``"labels"`` Tensor[K] int64 in 1..C-1, best first. The model is put in eval
             mode for the call and given back in the mode it was in.
         """
-        images = list(images)
+        from singleshot.data.images import as_image_tensor
+
+        images = [as_image_tensor(im) for im in images]
         if not images:
             return []
-        for im in images:
-            if im.dim() != 3 or im.shape[0] != 3:
-                raise ValueError(f"predict expects RGB images Tensor[3, h, w], got shape {tuple(im.shape)}")
         training = self.training
         self.eval()
         try:

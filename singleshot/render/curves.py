@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from singleshot.files import atomic_write
+from singleshot.metrics import format_map
 
 
 def plot_training_curves(
@@ -53,18 +54,19 @@ def plot_training_curves(
     ax_lr.grid(alpha=0.3)
 
     validated = [e for e in epochs if e.get("val_map") is not None]
-    ax_map.plot([e["epoch"] for e in validated], [e["val_map"] for e in validated], "o-", color="tab:green")
+    percent = [100 * e["val_map"] for e in validated]  # drawn on the scale format_map prints
+    ax_map.plot([e["epoch"] for e in validated], percent, "o-", color="tab:green")
     if validated:
         best = max(validated, key=lambda e: e["val_map"])
         ax_map.annotate(
-            f"best {best['val_map']:.3f}",
-            (best["epoch"], best["val_map"]),
+            f"best {format_map(best['val_map'])}",
+            (best["epoch"], 100 * best["val_map"]),
             textcoords="offset points",
             xytext=(0, -14),
             ha="center",
         )
-    ax_map.set_ylim(0, 1)
-    ax_map.set_title("validation mAP")
+    ax_map.set_ylim(0, 100)
+    ax_map.set_title("validation mAP (%)")
     ax_map.set_xlabel("epoch")
     ax_map.grid(alpha=0.3)
     for ax in (ax_loss, ax_lr, ax_map):

@@ -20,6 +20,7 @@ import numpy as np
 
 from singleshot.errors import UserError
 from singleshot.files import atomic_write
+from singleshot.metrics import format_map
 
 SINGLE_AXES_MAX = 10
 
@@ -29,7 +30,7 @@ def _ap_label(result: Mapping, name: str) -> str:
         ap, what = result.get("per_class_50", {}).get(name, math.nan), "AP50"
     else:
         ap, what = result["per_class"].get(name, math.nan), "AP"
-    return f"{what} {100 * ap:.1f}" if not math.isnan(ap) else f"{what} -"
+    return f"{what} {format_map(ap)}"
 
 
 def _draw(ax, recall, precision, envelope: bool, **kwargs):
@@ -58,7 +59,7 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
     metric = result.get("metric", "")
     if title is None:
         mean = result.get("map", math.nan)
-        title = f"{metric} mAP {100 * mean:.2f}" if not math.isnan(mean) else f"{metric} mAP -"
+        title = f"{metric} mAP {format_map(mean)}"
         if metric == "coco":
             title += "  (curves at IoU 0.5)"
     n = len(curves)
