@@ -29,19 +29,40 @@ def test_report_and_fit_as_json(shapes, tmp_path, capsys):
     report = json.loads(out.read_text())
     for key in ("coverage", "by_size", "by_ratio", "num_default_boxes", "fitted_coverage"):
         assert key in report
-    assert report["num_default_boxes"] == 3420 and 0 <= report["coverage"] <= report["fitted_coverage"] <= 1
+    # the input size train's recipe takes for these objects, said in the output
+    from singleshot.data import open_dataset
+    from singleshot.engine.recipe import choose_image_size
+
+    boxes = open_dataset(shapes).training_boxes()
+    size, _ = choose_image_size("ssd_small", boxes.numpy())
+    assert f"input size {size} px" in printed and report["image_size"] == [size, size]
+    zoo = build_model("ssd_small", 3, image_size=size)
+    assert report["num_default_boxes"] == len(zoo.priors)
+    assert 0 <= report["coverage"] <= report["fitted_coverage"] <= 1
     assert isinstance(report["changes"], list) and report["changes"]
     model = build_model("ssd_small", 3, **report["model_options"])
-    assert len(model.priors) == report["fitted_num_default_boxes"] <= 2 * 3420
+    assert len(model.priors) == report["fitted_num_default_boxes"] <= 2 * len(zoo.priors)
     assert (out.parent / "default-boxes.png").stat().st_size > 10_000
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
-    from singleshot.commands.default_boxes import training_boxes
+    assert coverage(boxes, model.priors).coverage == pytest.approx(report["fitted_coverage"])
+    assert coverage(boxes, zoo.priors).coverage == pytest.approx(report["coverage"])
+
+
+def test_training_boxes_are_the_annotations_relative_to_their_image(shapes):
+    """The columnar DetectionDataset.training_boxes against one annotation at a time."""
+    import torch
+
     from singleshot.data import open_dataset
 
-    boxes = training_boxes(open_dataset(shapes))
-    assert coverage(boxes, model.priors).coverage == pytest.approx(report["fitted_coverage"])
-    assert coverage(boxes, build_model("ssd_small", 3).priors).coverage == pytest.approx(report["coverage"])
+    dataset = open_dataset(shapes)
+    expected = []
+    for i in range(len(dataset)):
+        target, info = dataset.annotation(i), dataset.image_info(i)
+        keep = ~(target["difficult"].bool() | target["iscrowd"].bool())
+        scale = torch.tensor([info.width, info.height, info.width, info.height], dtype=torch.float32)
+        expected.append(target["boxes"][keep] / scale)
+    torch.testing.assert_close(dataset.training_boxes(), torch.cat(expected))
 
 
 def test_other_model_and_size_keep_the_image_size_in_the_options(shapes, tmp_path, capsys):

@@ -23,22 +23,20 @@ per-map scales, aspect ratios and densities; put "model_options" of the JSON int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from singleshot.models import DEFAULT_MODEL
-
     parser.add_argument("--data", required=True, metavar="PATH", help="data set folder or annotation file")
     parser.add_argument(
         "--format", choices=["voc", "coco", "yolo"], default=None, help="data format (default: detected)"
     )
     parser.add_argument("--split", default=None, help="the split to measure (default: the training split)")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, metavar="NAME", help=f"zoo model (default: {DEFAULT_MODEL})"
+        "--model", default=None, metavar="NAME", help="zoo model (default: the default model of train)"
     )
     parser.add_argument(
         "--image-size",
         type=int,
         default=None,
         metavar="S",
-        help="input side in pixels (default: the model's)",
+        help="input side in pixels (default: the one train chooses for these objects)",
     )
     parser.add_argument("--fit", action="store_true", help="propose default boxes that cover more objects")
     parser.add_argument(
@@ -104,13 +102,20 @@ def _write_json(path: Path, data: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from singleshot.coverage import check_learnable_boxes, coverage, fit_for_model
     from singleshot.data import open_dataset
-    from singleshot.models import build_model
+    from singleshot.engine.recipe import choose_image_size
+    from singleshot.models import DEFAULT_MODEL, build_model
 
+    args.model = args.model or DEFAULT_MODEL
     dataset = open_dataset(args.data, split=args.split, format=args.format)
     where = f"{args.data}" + (f" (split {dataset.split})" if dataset.split else "")
-    options = {} if args.image_size is None else {"image_size": args.image_size}
-    model = build_model(args.model, max(2, dataset.num_classes), **options)
     boxes = dataset.training_boxes()
+    size = args.image_size
+    if size is None:  # the input size train's recipe takes for these objects (None: the model's own)
+        size, why = choose_image_size(args.model, boxes.numpy())
+        if why:
+            print(f"input size {why} (as singleshot train chooses it; --image-size to change)")
+    options = {} if size is None else {"image_size": size}
+    model = build_model(args.model, max(2, dataset.num_classes), **options)
     check_learnable_boxes(boxes, model.image_size, where)
     h, w = model.image_size
     before = coverage(boxes, model.priors)
