@@ -7,7 +7,7 @@
 For each set D (a sub-folder of the family; all of them, or the ones named) it runs, as a user would and with
 this Python:
 
-    python -m singleshot default-boxes --data D --json R/boxes.json     ("n/a" when it fails)
+    python -m singleshot default-boxes --data D --fit --json R/boxes.json     ("n/a" when it fails)
     python -m singleshot train --data D --out R [options after --]
     python -m singleshot eval R/best.pt --data D --split test --metric voc07 --json R/test.json
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import subprocess
 import sys
 import time
@@ -38,47 +37,13 @@ def _run(cmd: list[str], log: Path) -> tuple[int, float]:
     return rc, time.perf_counter() - began
 
 
-def _find(obj, pattern: str):
-    """The first number under a key matching ``pattern`` (regex) anywhere in nested JSON, or None."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if re.search(pattern, str(k)) and isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
-        for v in obj.values():
-            found = _find(v, pattern)
-            if found is not None:
-                return found
-    elif isinstance(obj, list):
-        for v in obj:
-            found = _find(v, pattern)
-            if found is not None:
-                return found
-    return None
-
-
-def _coverage(boxes_json: Path, train_log: Path) -> tuple[float | None, float | None]:
-    """Default-box coverage before and after fitting, from boxes.json or else the training log."""
-    before = after = None
-    if boxes_json.exists():
-        try:
-            data = json.loads(boxes_json.read_text())
-            before = _find(data, r"(?i)coverage.*(before|default|initial)|(before|default|initial).*coverage")
-            after = _find(data, r"(?i)coverage.*(after|fit)|(after|fit).*coverage")
-            if before is None and after is None:
-                before = _find(data, r"(?i)coverage")
-        except (OSError, ValueError):
-            pass
-    if (before is None or after is None) and train_log.exists():
-        for line in train_log.read_text(errors="replace").splitlines():
-            if "coverage" not in line.lower():
-                continue
-            nums = [float(x) for x in re.findall(r"(\d+(?:\.\d+)?)\s*%", line)]
-            if len(nums) >= 2:
-                before = before if before is not None else nums[0] / 100
-                after = after if after is not None else nums[1] / 100
-            elif len(nums) == 1 and before is None:
-                before = nums[0] / 100
-    return before, after
+def _coverage(boxes_json: Path) -> tuple[float | None, float | None]:
+    """Default-box coverage of the training objects before and after fitting (default-boxes --fit --json)."""
+    try:
+        data = json.loads(boxes_json.read_text())
+    except (OSError, ValueError):
+        return None, None
+    return data.get("coverage"), data.get("fitted_coverage")
 
 
 def _epochs(metrics_csv: Path) -> int | None:
@@ -107,7 +72,7 @@ def run_set(data: Path, results: Path, extra: list[str], force: bool) -> dict:
     if force or not (r / "test.json").exists():
         r.mkdir(parents=True, exist_ok=True)
         py = [sys.executable, "-m", "singleshot"]
-        boxes = [*py, "default-boxes", "--data", str(data), "--json", str(r / "boxes.json")]
+        boxes = [*py, "default-boxes", "--data", str(data), "--fit", "--json", str(r / "boxes.json")]
         rc_boxes, _ = _run(boxes, r / "boxes.log")
         for stale in ("test.json", "boxes.json") if rc_boxes != 0 else ("test.json",):
             (r / stale).unlink(missing_ok=True)
@@ -138,7 +103,7 @@ def run_set(data: Path, results: Path, extra: list[str], force: bool) -> dict:
         timing.write_text(json.dumps(run, indent=2) + "\n")
     run = json.loads(timing.read_text()) if timing.exists() else {"default_boxes": "n/a"}
     test = json.loads((r / "test.json").read_text()) if (r / "test.json").exists() else {}
-    before, after = _coverage(r / "boxes.json", r / "train.log")
+    before, after = _coverage(r / "boxes.json")
     return {
         "name": data.name,
         "train_images": _images(data, "train"),
