@@ -52,7 +52,11 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by 'singleshot train'")
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="a checkpoint written by 'singleshot train', or torchvision:NAME (COCO)",
+    )
     parser.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or directories")
     parser.add_argument(
         "--out",
@@ -266,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from singleshot.models import load_checkpoint
+    from singleshot.models.sources import load_source
 
     if not 0.0 <= args.score_threshold < 1.0:
         raise UserError(f"--score-threshold {args.score_threshold} is outside [0, 1); try 0.3.")
@@ -275,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     files, failures = find_images(args.inputs, recursive=args.recursive, skip=out)
-    model = load_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
+    model = load_source(args.checkpoint, map_location="cpu").to(device).eval()
     # NMS never lets a lower score suppress a higher one, so thresholding before NMS gives the same
     # detections above the threshold as thresholding after it, and is faster.
     model.score_threshold = max(float(model.score_threshold), args.score_threshold)

@@ -25,7 +25,9 @@ FILE's name with _pr.png; --plots DIR writes DIR/pr_curves.png.
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", metavar="CKPT", help="a checkpoint written by train (RUN/best.pt, RUN/last.pt)"
+        "checkpoint",
+        metavar="CKPT",
+        help="a checkpoint written by train (RUN/best.pt, RUN/last.pt), or torchvision:NAME (COCO)",
     )
     parser.add_argument(
         "--data", metavar="PATH", required=True, help="a VOC root, COCO instances JSON or YOLO folder"
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from singleshot.engine.evaluation import score
     from singleshot.engine.loader import default_workers
     from singleshot.metrics import format_ap_table
-    from singleshot.models import load_checkpoint
+    from singleshot.models.sources import load_source
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give at least 1")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers {args.workers}: give 0 or more")
     world = distributed.setup(args.device)
     try:
-        model = load_checkpoint(args.checkpoint, map_location="cpu").to(world.device)
+        model = load_source(args.checkpoint, map_location="cpu").to(world.device)
         split = args.split or default_split(args.data, "eval", args.format)
         dataset = open_dataset(
             args.data,

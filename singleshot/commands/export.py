@@ -22,7 +22,11 @@ Needs onnx and onnxscript: pip install 'singleshot[export]'.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by 'singleshot train'")
+    parser.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="a checkpoint written by 'singleshot train', or torchvision:NAME (COCO)",
+    )
     parser.add_argument("--out", metavar="FILE", help="the .onnx file to write (default: CKPT with .onnx)")
     parser.add_argument(
         "--opset", type=int, default=None, metavar="N", help="ONNX opset, 17 or newer (default: 18)"
@@ -66,14 +70,16 @@ def run(args: argparse.Namespace) -> int:
     from singleshot.export import DEFAULT_OPSET, export_onnx, require_onnx
 
     require_onnx()  # before the checkpoint: the one sentence that matters first
-    from singleshot.models import load_checkpoint
+    from singleshot.models.sources import TORCHVISION_PREFIX, is_torchvision_source, load_source
 
     checkpoint = Path(args.checkpoint)
+    if is_torchvision_source(args.checkpoint):  # torchvision:NAME -> NAME.onnx
+        checkpoint = Path(args.checkpoint[len(TORCHVISION_PREFIX) :])
     out = Path(args.out) if args.out else checkpoint.with_suffix(".onnx")
     if out.resolve() == checkpoint.resolve():
         raise UserError(f"--out {out} is the checkpoint itself; give a .onnx file name.")
     opset = DEFAULT_OPSET if args.opset is None else args.opset
-    model = load_checkpoint(checkpoint, map_location="cpu")
+    model = load_source(args.checkpoint, map_location="cpu")
     export_onnx(
         model,
         out,

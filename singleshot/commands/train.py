@@ -16,6 +16,7 @@ examples:
   singleshot train --data VOCdevkit/VOC2007 --model ssd300_vgg16 --epochs 120 --batch-size 32 --out runs/voc
   singleshot train --data coco/instances_train2017.json --val-data coco/instances_val2017.json --out runs/coco
   singleshot train --config runs/a/config.json --epochs 40 --out runs/b   # a previous run's settings, changed
+  singleshot train --data VOC --weights torchvision:ssd300_vgg16      # fine-tune torchvision's COCO SSD300
   singleshot train --resume runs/a/last.pt                          # continue a stopped run (Ctrl-C saves it)
   torchrun --nproc_per_node 4 -m singleshot train --data data/voc --out runs/ddp   # DistributedDataParallel
 
@@ -70,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         default=S,
         help="model name from 'singleshot models' (default: the small CPU model)",
+    )
+    model.add_argument(
+        "--weights",
+        metavar="SOURCE",
+        default=S,
+        help="start from a trained detector: a checkpoint (RUN/best.pt) or torchvision:ssd300_vgg16 / "
+        "torchvision:ssdlite320_mobilenet_v3_large (COCO); its model and default boxes, classes matched by name",
     )
     model.add_argument(
         "--image-size",
@@ -159,6 +167,7 @@ _OPTION_KEYS = (
     "val_data",
     "skip_invalid",
     "model",
+    "weights",
     "image_size",
     "fit_boxes",
     "epochs",

@@ -35,6 +35,7 @@ class TrainConfig:
     val_split: str | None = None
     val_data: str | None = None  # the data set to validate on; None: a split of ``data``
     model: str | None = None
+    weights: str | None = None  # start a new run from these weights: a checkpoint or torchvision:NAME
     image_size: int | None = None
     epochs: int | None = None  # None: the recipe's (engine.recipe), from the number of training images
     batch_size: int | None = None  # None: the recipe's, from the number of training images
@@ -131,6 +132,7 @@ CLI_KEYS = {
     "val_split",
     "val_data",
     "model",
+    "weights",
     "image_size",
     "epochs",
     "batch_size",

@@ -124,6 +124,7 @@ class Trainer:
         self.progress = progress and self.world.is_main
         self.stop_requested = False
         self.global_step = 0
+        self._source = None  # the model of --weights, which a new run starts from
 
     def stop(self) -> None:
         """Ask the loop to save ``last.pt`` and return after the current step."""
@@ -156,6 +157,8 @@ class Trainer:
         config = self.config
         config.validate()
         checkpoint = read_checkpoint(self.resume) if self.resume else None
+        if config.weights:
+            config = self.config = self._take_weights(config)
         if not config.model:
             model_name = checkpoint["arch"] if checkpoint is not None else DEFAULT_MODEL
             config = self.config = dataclasses.replace(config, model=model_name)
@@ -334,10 +337,68 @@ class Trainer:
                     "resume with the data the run was started with"
                 )
             return model_from_checkpoint(checkpoint, f"checkpoint {self.resume}")
+        if self._source is not None:
+            return self._fine_tuned(class_names)
         overrides = dict(config.model_options)
         if config.image_size:
             overrides["image_size"] = config.image_size
         return build_model(config.model, len(class_names) + 1, class_names=list(class_names), **overrides)
+
+    def _take_weights(self, config: TrainConfig) -> TrainConfig:
+        """Load the model of ``--weights`` (kept for :meth:`_fine_tuned`); the configuration with its
+        architecture, input size and default boxes, which the recipe keeps (no default-box fit).
+
+        Raises UserError with --resume, or for a --model, --image-size or model option the source
+        contradicts.
+        """
+        from singleshot.models.sources import load_source
+
+        if self.resume:
+            raise UserError(
+                f"--weights starts a new run from {config.weights} while --resume continues {self.resume}; "
+                "give one of them"
+            )
+        source = self._source = load_source(config.weights)
+        size = list(source.image_size)
+        options = dict(source.arch_args)
+        contradictions = [
+            ("model", config.model is not None and config.model != source.arch, source.arch),
+            ("image_size", config.image_size is not None and [config.image_size] * 2 != size, size[0]),
+            (
+                "model_options",
+                any(options.get(key, value) != value for key, value in config.model_options.items()),
+                options,
+            ),
+        ]
+        for key, differs, value in contradictions:
+            if differs:
+                raise UserError(
+                    f"{option_name(key)} {getattr(config, key)!r} contradicts --weights {config.weights}, "
+                    f"which holds {value!r}; leave it out to train the source's model"
+                )
+        return dataclasses.replace(
+            config, model=source.arch, image_size=size[0], model_options=options, fit_boxes=False
+        )
+
+    def _fine_tuned(self, class_names: list[str]):
+        """A model of the source's architecture and default boxes for ``class_names``, holding the
+        source's weights (classes matched by name, :func:`singleshot.models.transfer.transfer_weights`)."""
+        from singleshot.models import build_model
+        from singleshot.models.transfer import transfer_weights
+
+        source, weights = self._source, self.config.weights
+        model = build_model(source.arch, len(class_names) + 1, class_names=class_names, **source.arch_args)
+        carried, new = transfer_weights(source, model)
+        if not carried:
+            self._say(
+                f"weights: {weights} shares no class with {self.config.data}; every layer but the class "
+                f"scores is carried over, and all {len(new)} classes start fresh"
+            )
+        else:
+            fresh = f"; new: {', '.join(new)}" if new else "; no new classes"
+            self._say(f"weights: from {weights}; classes carried over: {', '.join(carried)}{fresh}")
+        self._source = None  # the memory of the source's weights is no longer needed
+        return model
 
     def _check_resume(self, checkpoint: dict) -> None:
         """UserError unless ``checkpoint`` is a run's ``last.pt`` holding the model the configuration asks for."""

@@ -1,0 +1,235 @@
+"""Starting from trained detectors: --weights (a singleshot checkpoint or torchvision's COCO weights through
+its weights API, from a seeded TORCH_HOME; nothing is downloaded), the class head remapped by name."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from singleshot.engine.config import TrainConfig
+from singleshot.errors import UserError
+from singleshot.models import build_model, read_checkpoint, save_checkpoint
+from singleshot.models.sources import load_source
+from singleshot.models.transfer import class_mapping, transfer_weights
+from tests.test_engine import make_tiny_voc
+
+SSDLITE = "ssdlite320_mobilenet_v3_large"
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(tmp_path_factory):
+    return make_tiny_voc(tmp_path_factory)
+
+
+def _small(names, seed, **kw):
+    torch.manual_seed(seed)
+    return build_model("ssd_small", len(names) + 1, class_names=names, image_size=64, width=8, **kw)
+
+
+def _class_convs(model):
+    return [layer if isinstance(layer, torch.nn.Conv2d) else layer[-1] for layer in model.head.classification]
+
+
+def test_class_mapping_matches_names_case_insensitively():
+    assert class_mapping(["a", "B", "c"], ["C", "x", "b"]) == [0, 3, None, 2]
+
+
+def test_class_head_rows_follow_the_names_and_new_classes_keep_a_fresh_init():
+    source = _small(["a", "b", "c"], seed=0)
+    target = _small(["c", "x", "a"], seed=1)
+    fresh = _small(["c", "x", "a"], seed=1)
+    carried, new = transfer_weights(source, target)
+    assert (carried, new) == (["c", "a"], ["x"])
+    for src, dst, ini in zip(_class_convs(source), _class_convs(target), _class_convs(fresh)):
+        boxes = dst.out_channels // 4
+        assert boxes >= 2 and src.out_channels == boxes * 4
+        for b in range(boxes):
+            for t, s in ((0, 0), (1, 3), (3, 1)):  # background, c, a
+                assert torch.equal(dst.weight[b * 4 + t], src.weight[b * 4 + s])
+                assert torch.equal(dst.bias[b * 4 + t], src.bias[b * 4 + s])
+            assert torch.equal(dst.weight[b * 4 + 2], ini.weight[b * 4 + 2])  # x: as a fresh head
+            assert torch.equal(dst.bias[b * 4 + 2], ini.bias[b * 4 + 2])
+    # the background prior of a fresh head stays where a class is new; every other layer is the source's
+    skip = {k for k in target.state_dict() if k.startswith("head.classification.")}
+    for key, value in target.state_dict().items():
+        if key not in skip:
+            assert torch.equal(value, source.state_dict()[key]), key
+
+
+def _config(data, out, **kw):
+    base = {
+        "data": str(data),
+        "out": str(out),
+        "epochs": 1,
+        "batch_size": 8,
+        "workers": 0,
+        "train_split": "train",
+        "val_split": "none",
+        "lr": 0.01,
+        "warmup_epochs": 0.5,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+def _trainer(config, messages):
+    from singleshot.engine import Trainer
+
+    trainer = Trainer(config, progress=False)
+    trainer._say = messages.append
+    return trainer
+
+
+def _data_names(data):
+    from singleshot.data.policy import open_training_data
+
+    return list(open_training_data(data=str(data), train_split="train", val_split="none").train.class_names)
+
+
+def test_fine_tuning_from_a_checkpoint_keeps_its_model_and_boxes_and_records_the_source(tmp_path, tiny_voc):
+    names = _data_names(tiny_voc)
+    source = _small([names[1].upper(), "zebra", names[0]], seed=3)
+    path = save_checkpoint(tmp_path / "src.pt", source)
+    messages = []
+    trainer = _trainer(_config(tiny_voc, tmp_path / "run", weights=str(path)), messages)
+    result = trainer.fit()
+    assert any(f"classes carried over: {names[0]}, {names[1]}; new: {names[2]}" in m for m in messages), (
+        messages
+    )
+    assert not any("fitted to the training objects" in m for m in messages)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["weights"] == str(path) and saved["model"] == "ssd_small" and saved["image_size"] == 64
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["config"]["weights"] == str(path)
+    assert last["class_names"] == names and last["arch_args"] == source.arch_args
+    assert torch.equal(last["priors"], source.priors_for(source.image_size))
+    assert result.config.epochs == last["epoch"] == 1  # a fresh schedule: 17 images, full batches of 8
+    assert last["schedule"]["last_step"] == 17 // 8
+
+
+def test_the_transferred_model_holds_the_source_weights(tmp_path, tiny_voc):
+    names = _data_names(tiny_voc)
+    source = _small([names[2], "zebra"], seed=5)
+    path = save_checkpoint(tmp_path / "src.pt", source)
+    messages = []
+    trainer = _trainer(_config(tiny_voc, tmp_path / "run", weights=str(path), model="ssd_small"), messages)
+    trainer._prepare()
+    model = trainer._build_model(type("S", (), {"class_names": names})(), None)
+    assert messages == [
+        f"weights: from {path}; classes carried over: {names[2]}; new: {names[0]}, {names[1]}"
+    ]
+    for src, dst in zip(_class_convs(source), _class_convs(model)):
+        assert torch.equal(dst.weight[3], src.weight[1]) and torch.equal(dst.weight[4 + 3], src.weight[3 + 1])
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value)
+
+
+def test_a_source_sharing_no_class_is_said(tmp_path, tiny_voc):
+    path = save_checkpoint(tmp_path / "src.pt", _small(["zebra"], seed=0))
+    messages = []
+    trainer = _trainer(_config(tiny_voc, tmp_path / "run", weights=str(path)), messages)
+    trainer._prepare()
+    trainer._build_model(type("S", (), {"class_names": ["p", "q"]})(), None)
+    assert messages == [
+        f"weights: {path} shares no class with {tiny_voc}; every layer but the class scores is carried over, "
+        "and all 2 classes start fresh"
+    ]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"model": "ssd300_vgg16"}, "--model 'ssd300_vgg16' contradicts --weights"),
+        ({"image_size": 96}, "--image-size 96 contradicts --weights"),
+    ],
+)
+def test_a_model_or_size_the_source_cannot_take_is_one_sentence(tmp_path, tiny_voc, options, message):
+    path = save_checkpoint(tmp_path / "src.pt", _small(["zebra"], seed=0))
+    with pytest.raises(UserError, match=message) as info:
+        _trainer(_config(tiny_voc, tmp_path / "run", weights=str(path), **options), [])._prepare()
+    assert "\n" not in str(info.value)
+
+
+def test_bad_weights_are_one_sentence_each(tmp_path, monkeypatch):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="is not a PyTorch checkpoint"):
+        load_source(text)
+    with pytest.raises(UserError, match="did you mean torchvision:ssdlite320_mobilenet_v3_large"):
+        load_source("torchvision:ssdlite320_mobilenet")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(UserError) as info:
+        load_source(f"torchvision:{SSDLITE}")
+    folder = os.path.join(str(tmp_path / "empty"), "hub", "checkpoints")
+    assert "ssdlite320_mobilenet_v3_large_coco-a79551df.pth" in str(info.value)
+    assert f"in {folder} ($TORCH_HOME/hub/checkpoints)" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------- torchvision weights
+
+
+@pytest.fixture(scope="module")
+def seeded_torch_home(tmp_path_factory):
+    """A TORCH_HOME whose hub/checkpoints holds randomly initialised torchvision SSDLite COCO weights under
+    the file name of SSDLite320_MobileNet_V3_Large_Weights.COCO_V1 (what its weights API reads)."""
+    from torchvision.models.detection import (
+        SSDLite320_MobileNet_V3_Large_Weights,
+        ssdlite320_mobilenet_v3_large,
+    )
+
+    home = tmp_path_factory.mktemp("torch-home")
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that a wrong mapping shows
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    name = os.path.basename(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.url)
+    torch.save(reference.state_dict(), folder / name)
+    return home, reference
+
+
+def test_torchvision_source_loads_through_the_weights_api_with_coco_names(seeded_torch_home, monkeypatch):
+    from torchvision.models.detection import (
+        SSDLite320_MobileNet_V3_Large_Weights,
+        ssdlite320_mobilenet_v3_large,
+    )
+
+    home, reference = seeded_torch_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    model = load_source(f"torchvision:{SSDLITE}")
+    categories = SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"]
+    assert (
+        model.num_classes == 91 and model.class_names == categories[1:] and model.class_names[0] == "person"
+    )
+    # torchvision's own loading of the same cached file gives the same weights
+    theirs = ssdlite320_mobilenet_v3_large(weights=SSDLite320_MobileNet_V3_Large_Weights.COCO_V1)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(theirs.state_dict()[key], value)
+
+
+def test_fine_tuning_from_torchvision_maps_coco_classes(seeded_torch_home, monkeypatch, tmp_path, tiny_voc):
+    home, reference = seeded_torch_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    messages = []
+    trainer = _trainer(_config(tiny_voc, tmp_path / "run", weights=f"torchvision:{SSDLITE}"), messages)
+    trainer._prepare()
+    assert (
+        trainer.config.model == SSDLITE and trainer.config.image_size == 320 and not trainer.config.fit_boxes
+    )
+    source = trainer._source
+    model = trainer._build_model(type("S", (), {"class_names": ["Dog", "unicorn"]})(), None)
+    assert messages == [f"weights: from torchvision:{SSDLITE}; classes carried over: Dog; new: unicorn"]
+    dog = source.class_names.index("dog") + 1
+    for src, dst in zip(_class_convs(source), _class_convs(model)):
+        boxes = dst.out_channels // 3
+        for b in range(boxes):
+            assert torch.equal(dst.weight[b * 3 + 1], src.weight[b * 91 + dog])
+            assert torch.equal(dst.weight[b * 3], src.weight[b * 91])
+    assert model.mean == source.mean and model.antialias is False
+    assert torch.equal(model.priors_for(model.image_size), source.priors_for(source.image_size))
