@@ -139,8 +139,9 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train (or continue) the run; returns what it did. See the module docstring."""
-        if not self.overwrite:
+        if not self.overwrite:  # every rank looks before any can write: they all see the same folder
             _refuse_existing_run(self.config.out, self.resume)
+        distributed.barrier(self.world)
         checkpoint = self._prepare()
         seed_everything(self.config.seed)  # the model's initial weights (a resumed model loads its own)
         data = self._open_data()
