@@ -431,3 +431,28 @@ def test_fewer_training_images_than_the_batch_say_an_epoch_is_one_step(tiny_voc,
     assert line.endswith(
         ": an epoch is one step, so warm-up covers the first 1 epoch"
     )  # warm-up: 1 epoch (default)
+
+
+def test_train_into_a_folder_holding_a_run_is_refused_and_leaves_it_untouched(trained_run, tmp_path, capsys):
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in trained_run.iterdir()}
+    assert main(["train", "--data", str(tiny_voc_of(trained_run)), "--out", str(trained_run), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{trained_run} already holds a run" in err and "Traceback" not in err
+    assert f"--resume {trained_run / 'last.pt'}" in err and "--overwrite" in err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in trained_run.iterdir()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "metrics.csv").write_bytes((trained_run / "metrics.csv").read_bytes())
+    data = str(tiny_voc_of(trained_run))
+    assert main(["train", "--data", data, "--out", str(empty), *FAST]) == 0  # an empty folder is fine
+    assert main(["train", "--data", data, "--out", str(copy), *FAST]) == 2
+    assert main(["train", "--data", data, "--out", str(copy), *FAST, "--overwrite"]) == 0
+    assert (
+        len((copy / "metrics.csv").read_text().splitlines()) == 2
+    )  # the 1-epoch run replaced the 2-epoch one
+
+
+def tiny_voc_of(run):
+    return json.loads((run / "config.json").read_text())["data"]

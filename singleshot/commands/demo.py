@@ -176,7 +176,7 @@ def run_demo(
     from singleshot.engine import distributed
 
     world = distributed.World(device=distributed.resolve_device(device))
-    result = Trainer(config, world=world, progress=progress).fit()
+    result = Trainer(config, world=world, progress=progress, overwrite=True).fit()  # rewrites OUT/run
     if result.interrupted:
         raise KeyboardInterrupt
     timings["train"] = time.perf_counter() - began

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, option_name, read_json_object
@@ -126,12 +127,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=S,
         help=f"seed of weights, order, augmentation (default: {_DEFAULTS.seed})",
     )
-    run = parser.add_argument_group("run")
+    _add_run_arguments(parser.add_argument_group("run"))
+
+
+def _add_run_arguments(run) -> None:
+    S = argparse.SUPPRESS
     run.add_argument(
         "--out",
         metavar="RUN",
         default=S,
         help="run folder for checkpoints, metrics and curves (default with --resume: the checkpoint's)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, a folder holding a run is refused)",
     )
     run.add_argument("--config", metavar="FILE", help="JSON options, e.g. a previous RUN/config.json")
     run.add_argument("--resume", metavar="RUN/last.pt", help="continue the run saved in this checkpoint")
@@ -246,7 +256,10 @@ def run(args: argparse.Namespace) -> int:
     _check_model_name(config.model)
     world = distributed.setup(config.device)
     try:
-        result = Trainer(config, resume=args.resume, world=world, progress=not args.no_progress).fit()
+        trainer = Trainer(
+            config, resume=args.resume, world=world, progress=not args.no_progress, overwrite=args.overwrite
+        )
+        result = trainer.fit()
     finally:
         distributed.teardown()
     if world.is_main and not result.interrupted:
@@ -259,7 +272,9 @@ def run(args: argparse.Namespace) -> int:
             f"{best}wrote {result.out}/last.pt{', best.pt' if result.best_map is not None else ''}, "
             f"metrics.csv, curves.png, config.json"
         )
-    return 130 if result.interrupted else 0
+    if result.interrupted:  # 128 + the signal, as a shell reports a process ended by it (130: Ctrl-C)
+        return 128 + (trainer.stop_signal or signal.SIGINT)
+    return 0
 
 
 def _check_model_name(name: str | None) -> None:

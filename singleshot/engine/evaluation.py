@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from singleshot.engine.distributed import World, all_gather_objects, shard
+from singleshot.engine.loader import ignore_stop_signals
 from singleshot.postprocess import postprocess
 
 TARGET_KEYS = ("boxes", "labels", "difficult", "iscrowd", "image_id")
@@ -112,6 +113,7 @@ def predict_dataset(
         collate_fn=_collate,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,  # a signal to the process group stops the caller, not them
     )
     was_training = model.training
     model.eval()

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from singleshot.engine import distributed
 from singleshot.engine.distributed import World
 from singleshot.engine.state import epoch_seed, seed_host
+from singleshot.errors import UserError
 
 
 class AugmentedSamples(Dataset):
@@ -26,25 +27,44 @@ class AugmentedSamples(Dataset):
     Keys are ``(epoch, index)`` pairs; every random choice of the augmentation is seeded by
     ``epoch_seed(seed, epoch, index)``, so a sample does not depend on which worker made it or on where
     an earlier run stopped.
+
+    With ``skip_invalid``, an image that fails to decode (a UserError; the header check when the data set
+    opened passed) is replaced by the next index that decodes, augmented as that index would be; the
+    target's ``"skipped"`` lists the errors, for the training process to report.
     """
 
-    def __init__(self, dataset, transform, seed: int) -> None:
+    def __init__(self, dataset, transform, seed: int, skip_invalid: bool = False) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
+        self.skip_invalid = skip_invalid
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        seed_host(epoch_seed(self.seed, epoch, index))
-        image, target = self.transform(*self.dataset[index])
-        return image, {"boxes": target["boxes"], "labels": target["labels"]}
+        skipped = []
+        for _ in range(len(self.dataset)):
+            try:
+                seed_host(epoch_seed(self.seed, epoch, index))
+                image, target = self.transform(*self.dataset[index])
+                break
+            except UserError as error:
+                if not self.skip_invalid:
+                    raise
+                skipped.append(str(error))
+                index = (index + 1) % len(self.dataset)
+        else:
+            raise UserError(
+                f"none of the {len(self.dataset)} training images decodes; see singleshot check-data"
+            )
+        return image, {"boxes": target["boxes"], "labels": target["labels"], "skipped": skipped}
 
 
 class MatchingCollate:
-    """Batches of ``(images uint8 Tensor[B, 3, S, S], labels Tensor[B, P], offsets Tensor[B, P, 4])``.
+    """Batches of ``(images uint8 Tensor[B, 3, S, S], labels Tensor[B, P], offsets Tensor[B, P, 4],
+    skipped)``, ``skipped`` the errors of the images replaced in the batch (see :class:`AugmentedSamples`).
 
     Matching the ground truth to the priors happens here, in the data-loader workers, once per batch
     (batched matching costs a fraction of per-image calls) and off the training process.
@@ -57,7 +77,8 @@ class MatchingCollate:
         images, targets = zip(*batch)
         with torch.no_grad():
             labels, offsets = self.encoder.match(list(targets))
-        return torch.stack(images), labels, offsets
+        skipped = [error for target in targets for error in target.get("skipped", ())]
+        return torch.stack(images), labels, offsets, skipped
 
 
 class EpochBatches(Sampler):
@@ -92,25 +113,38 @@ class EpochBatches(Sampler):
             yield [(self.epoch, i) for i in mine[step * self.batch_size : (step + 1) * self.batch_size]]
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl-C goes to the whole process group: workers keep serving batches while the training process
-    # finishes its step and saves.
+def ignore_stop_signals(_worker_id: int) -> None:
+    """A ``worker_init_fn``: the worker ignores SIGINT and SIGTERM.
+
+    Ctrl-C, ``timeout``, batch schedulers and ``kill -- -PGID`` signal the whole process group: the workers
+    keep serving batches while the training process finishes its step and saves ``last.pt``; they end when
+    the loader shuts them down.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(
-    dataset, transform, encoder, sampler: EpochBatches, *, seed: int, workers: int, pin_memory: bool
+    dataset,
+    transform,
+    encoder,
+    sampler: EpochBatches,
+    *,
+    seed: int,
+    workers: int,
+    pin_memory: bool,
+    skip_invalid: bool = False,
 ) -> DataLoader:
     """The training ``DataLoader``: ``sampler``'s batches of ``dataset`` augmented by ``transform`` and
     matched to the priors by ``encoder`` (a :class:`MultiBoxLoss` on the CPU) in ``workers`` processes,
     which keep running between epochs and ignore Ctrl-C."""
     return DataLoader(
-        AugmentedSamples(dataset, transform, seed),
+        AugmentedSamples(dataset, transform, seed, skip_invalid),
         batch_sampler=sampler,
         collate_fn=MatchingCollate(encoder),
         num_workers=workers,
         pin_memory=pin_memory,
-        worker_init_fn=_ignore_sigint,
+        worker_init_fn=ignore_stop_signals,
         persistent_workers=workers > 0,
     )
 

@@ -105,7 +105,9 @@ class Trainer:
             model is rebuilt from the checkpoint alone, and a model option that contradicts it is refused.
         world: this process's place among DDP ranks (default: one process on ``config.device``).
         on_step: optional ``callable(trainer)`` called after every optimizer step (e.g. to call :meth:`stop`).
-        progress: draw progress bars (rank 0 only in any case).
+        progress: draw progress bars when stderr is a terminal (rank 0 only in any case); without them,
+            a plain line every ``log_every`` steps and one per epoch.
+        overwrite: replace a run already in ``config.out`` (else refused; resuming it is not overwriting).
     """
 
     def __init__(
@@ -116,13 +118,19 @@ class Trainer:
         world: World | None = None,
         on_step=None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.resume = resume
         self.world = world or World(device=distributed.resolve_device(config.device))
         self.on_step = on_step
         self.progress = progress and self.world.is_main
+        # Bars need a terminal; elsewhere (a file, CI, nohup), or without progress, plain log lines.
+        self.bars = self.progress and sys.stderr.isatty()
+        self.overwrite = overwrite
         self.stop_requested = False
+        self.stop_signal: int | None = None
+        self.skipped: set[str] = set()  # the decoding errors reported
         self.global_step = 0
         self._source = None  # the model of --weights, which a new run starts from
 
@@ -133,6 +141,9 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train (or continue) the run; returns what it did. See the module docstring."""
+        if not self.overwrite:  # every rank looks before any can write: they all see the same folder
+            _refuse_existing_run(self.config.out, self.resume)
+        distributed.barrier(self.world)
         checkpoint = self._prepare()
         seed_everything(self.config.seed)  # the model's initial weights (a resumed model loads its own)
         data = self._open_data()
@@ -212,6 +223,7 @@ class Trainer:
             seed=config.seed,
             workers=config.workers,
             pin_memory=device.type == "cuda",
+            skip_invalid=config.skip_invalid,
         )
         return _Run(model, core, loader, sampler, loss_fn, optimizer, schedule, scaler), state
 
@@ -282,8 +294,9 @@ class Trainer:
         if not world.is_main:
             return
         out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config.to_dict())
+        with _writing(out / "config.json"):
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", config.to_dict())
         self._say(
             f"training {config.model} ({sum(p.numel() for p in run.core.parameters()) / 1e6:.2f} M "
             f"parameters) on {_plural(len(train_set), 'image')} of {len(train_set.class_names)} "
@@ -448,7 +461,7 @@ class Trainer:
             initial=state.step,
             desc=f"epoch {state.epoch + 1}/{config.epochs}",
             unit="step",
-            disable=not self.progress,
+            disable=not self.bars,
             dynamic_ncols=True,
             leave=True,
             file=sys.stderr,
@@ -458,8 +471,10 @@ class Trainer:
         began = time.perf_counter()
         stopped = False
         try:
-            for batch in run.loader:
-                terms, lr, batch_size = self._train_step(run, *batch)
+            for images, labels, offsets, skipped in run.loader:
+                if skipped:
+                    self._report_skipped(skipped)
+                terms, lr, batch_size = self._train_step(run, images, labels, offsets)
                 sums.add_(terms)
                 window.add_(terms)
                 window_steps += 1
@@ -485,6 +500,13 @@ class Trainer:
             bar.close()
         state.seconds += time.perf_counter() - began
         return stopped
+
+    def _report_skipped(self, errors: list[str]) -> None:
+        """One line for each image that failed to decode, the first time it does."""
+        for error in errors:
+            if error not in self.skipped:
+                self.skipped.add(error)
+                self._say(f"skipping an image that does not decode (--skip-invalid): {error}")
 
     def _train_step(self, run: _Run, images, labels, offsets) -> tuple[LossTerms, float, int]:
         """One SGD step on a batch; ``(its loss terms, still on the device, the learning rate, images)``."""
@@ -522,9 +544,17 @@ class Trainer:
                 "lr": lr,
             }
         )
-        bar.set_postfix_str(
-            f"loss {mean.loss:.3f} (loc {mean.loc:.3f}, conf {mean.conf:.3f}) lr {lr:.2e} {speed:.1f} img/s",
-            refresh=False,
+        losses = (
+            f"loss {mean.loss:.3f} (loc {mean.loc:.3f}, conf {mean.conf:.3f}) lr {lr:.2e} {speed:.1f} img/s"
+        )
+        if self.bars:
+            bar.set_postfix_str(losses, refresh=False)
+            return
+        config = self.config
+        left = (config.epochs * run.steps_per_epoch - self.global_step) * config.batch_size * self.world.size
+        self._say(
+            f"epoch {state.epoch + 1}/{config.epochs} step {state.step}/{run.steps_per_epoch}: {losses}, "
+            f"{_duration(left / max(speed, 1e-9))} left"
         )
 
     # -- the end of an epoch -----------------------------------------------------------------------
@@ -544,7 +574,13 @@ class Trainer:
                 return True
             val_seconds = time.perf_counter() - began
             state.last_map = val_map
-        state.history["epochs"].append(self._epoch_record(run, state, val_map, val_seconds))
+        record = self._epoch_record(run, state, val_map, val_seconds)
+        state.history["epochs"].append(record)
+        if not self.bars:
+            self._say(
+                f"epoch {epoch + 1}/{config.epochs} done: loss {record['loss']:.3f} (loc {record['loc']:.3f}, "
+                f"conf {record['conf']:.3f}), {record['images_per_s']:.1f} img/s, {record['epoch_time_s']:.0f} s"
+            )
         improved = val_map is not None and (state.best_map is None or val_map > state.best_map)
         if improved:
             state.best_map = val_map
@@ -580,12 +616,18 @@ class Trainer:
 
     def _save_last(self, run: _Run, state: RunState) -> None:
         """``last.pt`` (rank 0): the model and everything a resume needs to continue from ``state``."""
-        from singleshot.models import save_checkpoint
 
         if not self.world.is_main:
             return
+        path = Path(self.config.out) / "last.pt"
+        with _writing(path):
+            self._write_last(path, run, state)
+
+    def _write_last(self, path: Path, run: _Run, state: RunState) -> None:
+        from singleshot.models import save_checkpoint
+
         save_checkpoint(
-            Path(self.config.out) / "last.pt",
+            path,
             run.core,
             optimizer=run.optimizer.state_dict(),
             schedule=run.schedule.state_dict(),
@@ -604,14 +646,15 @@ class Trainer:
         from singleshot.models import save_checkpoint
 
         config = self.config
-        save_checkpoint(
-            Path(config.out) / "best.pt",
-            run.core,
-            epoch=state.epoch,
-            val_map=val_map,
-            metric=config.metric,
-            config=config.to_dict(),
-        )
+        with _writing(Path(config.out) / "best.pt"):
+            save_checkpoint(
+                Path(config.out) / "best.pt",
+                run.core,
+                epoch=state.epoch,
+                val_map=val_map,
+                metric=config.metric,
+                config=config.to_dict(),
+            )
 
     def _finish(self, run: _Run, state: RunState, interrupted: bool) -> TrainResult:
         """The final records and, when stopped early, how to resume; all ranks return together."""
@@ -648,7 +691,7 @@ class Trainer:
             world=world,
             amp=config.amp,
             channels_last=config.channels_last,
-            progress=self.progress,
+            progress=self.bars,
             desc="validate",
             should_stop=None if world.distributed else (lambda: self.stop_requested),
         )
@@ -660,17 +703,54 @@ class Trainer:
     def _write_records(self, out: Path, history: dict, config: TrainConfig) -> None:
         from singleshot.render.curves import plot_training_curves
 
-        write_csv(out / "metrics.csv", history["epochs"], EPOCH_COLUMNS)
-        plot_training_curves(
-            out / "curves.png",
-            history["steps"],
-            history["epochs"],
-            title=f"{config.model} on {'/'.join(Path(config.data).parts[-2:])}",
-        )
+        with _writing(out / "metrics.csv"):
+            write_csv(out / "metrics.csv", history["epochs"], EPOCH_COLUMNS)
+        with _writing(out / "curves.png"):
+            plot_training_curves(
+                out / "curves.png",
+                history["steps"],
+                history["epochs"],
+                title=f"{config.model} on {'/'.join(Path(config.data).parts[-2:])}",
+            )
 
     def _say(self, text: str) -> None:
         if self.world.is_main:
             tqdm.write(text, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An OSError while writing the run's file ``path`` (a full disk, a folder made read-only) as one
+    sentence; the file written before, if any, is intact (the writes are atomic)."""
+    try:
+        yield
+    except OSError as error:
+        last = path.parent / "last.pt"
+        then = (
+            f"{last} holds the last saved state: continue with singleshot train --resume {last}"
+            if last.is_file()
+            else "start the run again"
+        )
+        raise UserError(
+            f"cannot write {path} ({error.strerror or error}); make room or fix the folder, then {then}"
+        ) from None
+
+
+_RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.csv")
+
+
+def _refuse_existing_run(out: str | None, resume: str | None) -> None:
+    """UserError when the folder ``out`` holds a run's files, unless the run resumed (``resume``) is there."""
+    if not out or not Path(out).is_dir():
+        return
+    if resume is not None and Path(resume).parent.resolve() == Path(out).resolve():
+        return
+    found = [name for name in _RUN_FILES if (Path(out) / name).exists()]
+    if found:
+        raise UserError(
+            f"{out} already holds a run ({', '.join(found)}); continue it with --resume "
+            f"{Path(out) / 'last.pt'}, or replace it with --overwrite"
+        )
 
 
 def _left_open_from(config: TrainConfig, saved: dict) -> TrainConfig:
@@ -680,6 +760,14 @@ def _left_open_from(config: TrainConfig, saved: dict) -> TrainConfig:
     values = {key: saved[key] for key in keys if key in saved and getattr(config, key) in (None, {})}
     values["model_options"] = {**saved.get("model_options", {}), **config.model_options}
     return config.updated(values, "the resumed run's configuration")
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _plural(n: int, word: str) -> str:
@@ -706,8 +794,13 @@ def _stop_on_signals(trainer: Trainer):
 
     def handler(signum, _frame):
         signal.signal(signum, previous[signum])
+        if trainer.stop_signal is None:  # SIGINT then SIGTERM: one line, the first signal's exit status
+            trainer.stop_signal = signum
+            trainer._say(
+                f"stopping after this step to save last.pt ({signal.Signals(signum).name}; "
+                "send it again to quit at once)"
+            )
         trainer.stop()
-        trainer._say("stopping after this step to save last.pt (Ctrl-C again to quit at once)")
 
     for s in signals:
         signal.signal(s, handler)
