@@ -77,7 +77,7 @@ def run_set(data: Path, results: Path, extra: list[str], force: bool) -> dict:
         for stale in ("test.json", "boxes.json") if rc_boxes != 0 else ("test.json",):
             (r / stale).unlink(missing_ok=True)
         rc_train, seconds = _run(
-            [*py, "train", "--data", str(data), "--out", str(r), *extra], r / "train.log"
+            [*py, "train", "--data", str(data), "--out", str(r), "--overwrite", *extra], r / "train.log"
         )
         rc_eval = None
         if rc_train == 0 and (r / "best.pt").exists():
