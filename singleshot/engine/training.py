@@ -374,21 +374,14 @@ class Trainer:
         source = self._source = load_source(config.weights)
         size = list(source.image_size)
         options = dict(source.arch_args)
-        contradictions = [
-            ("model", config.model is not None and config.model != source.arch, source.arch),
-            ("image_size", config.image_size is not None and [config.image_size] * 2 != size, size[0]),
-            (
-                "model_options",
-                any(options.get(key, value) != value for key, value in config.model_options.items()),
-                options,
-            ),
-        ]
-        for key, differs, value in contradictions:
-            if differs:
-                raise UserError(
-                    f"{option_name(key)} {getattr(config, key)!r} contradicts --weights {config.weights}, "
-                    f"which holds {value!r}; leave it out to train the source's model"
-                )
+        _refuse_contradictions(
+            config,
+            source.arch,
+            size,
+            options,
+            f"--weights {config.weights}",
+            "leave it out to train the source's model",
+        )
         return dataclasses.replace(
             config, model=source.arch, image_size=size[0], model_options=options, fit_boxes=False
         )
@@ -423,21 +416,14 @@ class Trainer:
         config, saved = self.config, checkpoint["config"]
         size = checkpoint["preprocessing"]["image_size"]
         options = {**saved.get("model_options", {}), **checkpoint.get("arch_args", {})}  # what the model has
-        contradictions = [
-            ("model", config.model != checkpoint["arch"], checkpoint["arch"]),
-            ("image_size", config.image_size is not None and [config.image_size] * 2 != size, size[0]),
-            (
-                "model_options",
-                any(options.get(key, value) != value for key, value in config.model_options.items()),
-                options,
-            ),
-        ]
-        for key, differs, value in contradictions:
-            if differs:
-                raise UserError(
-                    f"{option_name(key)} {getattr(config, key)!r} contradicts {self.resume}, which holds "
-                    f"{value!r}; resume without it, or start a new run to change the model"
-                )
+        _refuse_contradictions(
+            config,
+            checkpoint["arch"],
+            size,
+            options,
+            str(self.resume),
+            "resume without it, or start a new run to change the model",
+        )
 
     # -- an epoch ----------------------------------------------------------------------------------
     def _train_epoch(self, run: _Run, state: RunState) -> bool:
@@ -751,6 +737,26 @@ def _refuse_existing_run(out: str | None, resume: str | None) -> None:
             f"{out} already holds a run ({', '.join(found)}); continue it with --resume "
             f"{Path(out) / 'last.pt'}, or replace it with --overwrite"
         )
+
+
+def _refuse_contradictions(config: TrainConfig, arch: str, size: list, options: dict, source: str, hint: str):
+    """UserError naming the first given option (model, image size, a model option) that the model of
+    ``source`` (a resumed checkpoint or a --weights source: ``arch``, input ``size``, builder ``options``)
+    contradicts; options not given are taken from the source."""
+    contradictions = [
+        ("model", config.model is not None and config.model != arch, arch),
+        ("image_size", config.image_size is not None and [config.image_size] * 2 != list(size), size[0]),
+        (
+            "model_options",
+            any(options.get(key, value) != value for key, value in config.model_options.items()),
+            options,
+        ),
+    ]
+    for key, differs, value in contradictions:
+        if differs:
+            raise UserError(
+                f"{option_name(key)} {getattr(config, key)!r} contradicts {source}, which holds {value!r}; {hint}"
+            )
 
 
 def _left_open_from(config: TrainConfig, saved: dict) -> TrainConfig:
