@@ -48,7 +48,7 @@ class DemoRecipe:
     max_size: float = 0.6
     max_objects: int = 3
     clutter: float = 0.2
-    epochs: int = 10
+    epochs: int = 7
     batch_size: int = 32
     lr: float = 0.03
     warmup_epochs: float = 0.2
