@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from singleshot._lazy import lazy_exports
 
 # name -> the module that defines it; imported on first use (PEP 562), so that the command line's parser
 # can read ``singleshot.data.synth``'s defaults without importing torch (``transforms``).
@@ -46,18 +47,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from singleshot.data.check import CheckReport, check_data, check_dataset

@@ -11,8 +11,9 @@ gathering), ``state`` (random states, atomic writes).
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from singleshot._lazy import lazy_exports
 
 # name -> the module that defines it; imported on first use (PEP 562), so that ``singleshot.engine.config``
 # (which the command line's parser reads for its defaults) can be imported without importing torch.
@@ -47,18 +48,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from singleshot.engine.config import REFERENCE_BATCH, TrainConfig, default_lr
