@@ -118,10 +118,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.model, max(2, dataset.num_classes), **options)
     check_learnable_boxes(boxes, model.image_size, where)
     h, w = model.image_size
-    before = coverage(boxes, model.priors)
-    fit = None
-    if args.fit:
-        fit = fit_for_model(model, boxes, budget=args.budget)
+    fit = fit_for_model(model, boxes, budget=args.budget) if args.fit else None
+    before = fit.before if fit else coverage(boxes, model.priors)  # the fit measures the model's boxes too
     print(
         f"{args.model} at {h}x{w}: {before.num_priors} default boxes; {before.num_boxes} objects in {where}"
     )

@@ -59,6 +59,13 @@ def object_sizes(boxes_rel: np.ndarray) -> np.ndarray:
     return np.sqrt(w * h)
 
 
+def _tenth_percentile(boxes_rel: np.ndarray) -> float | None:
+    """The 10th percentile of the sizes of the boxes that have an area (None when none has)."""
+    sizes = object_sizes(boxes_rel)
+    sizes = sizes[sizes > 0]
+    return float(np.quantile(sizes, 0.1)) if sizes.size else None
+
+
 def choose_image_size(model: str, boxes_rel: np.ndarray) -> tuple[int | None, str | None]:
     """The input size for ``model`` on objects ``boxes_rel`` (ndarray[N, 4] relative xyxy) and why.
 
@@ -67,12 +74,10 @@ def choose_image_size(model: str, boxes_rel: np.ndarray) -> tuple[int | None, st
     """
     if model not in SIZE_RANGES:
         return None, None
-    sizes = object_sizes(boxes_rel)
-    sizes = sizes[sizes > 0]
-    if sizes.size == 0:
+    q10 = _tenth_percentile(boxes_rel)
+    if q10 is None:
         return None, None
     low, high = SIZE_RANGES[model]
-    q10 = float(np.quantile(sizes, 0.1))
     wanted = SMALL_OBJECT_PIXELS / q10
     size = int(min(high, max(low, 32 * math.ceil(wanted / 32))))
     if wanted > high:
@@ -152,9 +157,7 @@ def choose_expand(boxes_rel: np.ndarray, image_size: int) -> tuple[dict, str]:
     short run learns them slower. The ratio is the one that keeps the 10th-percentile object at
     :data:`EXPAND_PIXELS` at the input, capped at the paper's 4; under 1.5 zoom-out is off.
     """
-    sizes = object_sizes(boxes_rel)
-    sizes = sizes[sizes > 0]
-    q10_px = float(np.quantile(sizes, 0.1)) * image_size if sizes.size else 0.0
+    q10_px = (_tenth_percentile(boxes_rel) or 0.0) * image_size
     ratio = min(4.0, q10_px / EXPAND_PIXELS)
     if ratio < 1.5:
         return {"expand": False}, (
