@@ -2,10 +2,10 @@
 default training recipe generalises.
 
     python benchmarks/datasets.py data/family               # the tuning sets
-    python benchmarks/datasets.py data/family --held-out    # ... and the two held-out sets
+    python benchmarks/datasets.py data/family --held-out    # ... and the held-out sets
 
 Every set has train/val/test splits and is the same for the same script (fixed seeds). None matches the
-demo's data (96 px squares, 5 classes, objects 8-50 % of the side). ``held-out-a`` and ``held-out-b`` are
+demo's data (96 px squares, 5 classes, objects 8-50 % of the side). The ``held-out-*`` sets are
 for a final check only: the recipe is never tuned on them, so they are written only with ``--held-out``.
 A set whose folder is not empty is kept as it is unless ``--overwrite``. ``OUT/family.json`` lists the sets
 written so far with their descriptions.
@@ -140,8 +140,43 @@ SETS = {
             max_size=0.4,
         ),
     ),
+    "held-out-c": (
+        "240-400 px landscape and square, textured and cluttered backgrounds, 4 classes, 3-60 %, under 14 px "
+        "difficult",
+        dict(
+            format="voc",
+            images=860,
+            seed=203,
+            image_size="320-400x240-300,240x240,400x400",
+            shapes=("star", "ring", "diamond", "hexagon"),
+            background="texture,clutter",
+            min_objects=1,
+            max_objects=6,
+            min_size=0.03,
+            max_size=0.6,
+            difficult_below=14,
+        ),
+    ),
+    "held-out-d": (
+        "360-640 px portrait and landscape, photo-like backgrounds, 5 shaded classes, occlusion, 3-50 %",
+        dict(
+            format="coco",
+            images=1150,
+            seed=204,
+            image_size="360-640",
+            shapes=("triangle-outline", "hexagon-striped", "l-shape", "diamond-outline", "square-two-tone"),
+            background="photo",
+            shaded=True,
+            occlusion=0.5,
+            occluders=0.3,
+            min_objects=1,
+            max_objects=8,
+            min_size=0.03,
+            max_size=0.5,
+        ),
+    ),
 }
-HELD_OUT = ("held-out-a", "held-out-b")
+HELD_OUT = ("held-out-a", "held-out-b", "held-out-c", "held-out-d")
 
 
 def describe(name: str) -> dict:

@@ -152,10 +152,27 @@ def test_config_validation_names_the_option():
     assert option_name("val_data") == "--val-data"
 
 
-def test_default_lr_scales_linearly_with_the_global_batch():
-    small = default_lr("ssd_small", REFERENCE_BATCH)
-    assert default_lr("ssd_small", 2 * REFERENCE_BATCH) == pytest.approx(2 * small)
+def test_default_lr_scales_linearly_with_the_global_batch_for_sgd_and_by_its_root_for_adamw():
+    small = default_lr("ssd_small", REFERENCE_BATCH, "sgd")
+    assert default_lr("ssd_small", 2 * REFERENCE_BATCH, "sgd") == pytest.approx(2 * small)
     assert default_lr("ssd300", REFERENCE_BATCH) == pytest.approx(1e-3)  # the paper's VGG16 rate for batch 32
+    adam = default_lr("ssd_small", REFERENCE_BATCH)  # ssd_small's default optimizer is AdamW
+    assert adam == default_lr("ssd_small", REFERENCE_BATCH, "adamw") != small
+    assert default_lr("ssd_small", 4 * REFERENCE_BATCH) == pytest.approx(2 * adam)
+
+
+def test_the_optimizer_follows_the_model_and_the_configuration(tmp_path, tiny_voc):
+    """ssd_small trains with AdamW and its weight decay unless told otherwise; SGD when asked."""
+    from singleshot.engine.config import OPTIMIZERS
+
+    adam = _fit(_config(tiny_voc, tmp_path / "a", epochs=1))
+    assert adam.config.optimizer == "adamw" and adam.config.weight_decay == OPTIMIZERS["adamw"]
+    checkpoint = torch.load(tmp_path / "a" / "last.pt", map_location="cpu", weights_only=False)
+    assert "exp_avg_sq" in next(iter(checkpoint["optimizer"]["state"].values()))  # Adam's second moment
+    sgd = _fit(_config(tiny_voc, tmp_path / "s", epochs=1, optimizer="sgd"))
+    assert sgd.config.optimizer == "sgd" and sgd.config.weight_decay == OPTIMIZERS["sgd"]
+    checkpoint = torch.load(tmp_path / "s" / "last.pt", map_location="cpu", weights_only=False)
+    assert set(next(iter(checkpoint["optimizer"]["state"].values()))) == {"momentum_buffer"}
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -292,6 +309,22 @@ def _loss_columns(path):
         {k: row[k] for k in ("epoch", "step", "lr", "loss", "loc", "conf")}
         for row in csv.DictReader(path.open())
     ]
+
+
+def test_a_cpu_run_fits_the_epochs_the_recipe_chose_to_its_time_budget(tmp_path, tiny_voc):
+    """17 images: the recipe plans hundreds of epochs; a 1 s budget leaves the range's minimum of 10."""
+    from singleshot.engine.recipe import EPOCH_RANGE
+
+    out = tmp_path / "run"
+    result = _fit(_config(tiny_voc, out, epochs=None, batch_size=None, val_every=None, time_budget=1.0))
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == EPOCH_RANGE[0] == len(list(csv.DictReader((out / "metrics.csv").open())))
+    assert f"{EPOCH_RANGE[0]} instead of" in config["recipe"]["epochs"]
+    assert result.epochs_done == result.config.epochs == EPOCH_RANGE[0]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert float(rows[-1]["lr"]) < 0.05 * float(rows[0]["lr"])  # the cosine ran its course in 10 epochs
+    checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["config"]["epochs"] == EPOCH_RANGE[0]
 
 
 def test_stopping_and_resuming_gives_the_same_weights_as_one_run(tmp_path, tiny_voc):

@@ -46,13 +46,13 @@ def test_models_outside_the_size_table_keep_their_input_size():
 
 def test_recipe_keeps_what_the_user_gave_and_explains_what_it_chose():
     boxes = _squares([0.1] * 10)
-    given = choose_recipe("ssd_small", 600, boxes, image_size=224, epochs=40, batch_size=8, val_every=3)
-    assert (given.image_size, given.epochs, given.batch_size, given.val_every) == (224, 40, 8, 3)
+    given = choose_recipe("ssd_small", 600, boxes, image_size=224, epochs=40, batch_size=12, val_every=3)
+    assert (given.image_size, given.epochs, given.batch_size, given.val_every) == (224, 40, 12, 3)
     assert given.reasons == {}
 
     chosen = choose_recipe("ssd_small", 600, boxes)
     assert chosen.epochs == -(-TARGET_SAMPLES // 600)  # ceil: 50 epochs of 600 images
-    assert chosen.batch_size == 16
+    assert chosen.batch_size == 8
     assert chosen.val_every == 10  # 5 validations in 50 epochs
     assert set(chosen.reasons) == {"image_size", "epochs", "batch_size", "val_every"}
 
@@ -70,3 +70,16 @@ def test_validation_every_epoch_for_short_runs():
     recipe = choose_recipe("ssd_small", 600, _squares([0.1]), epochs=4)
     assert recipe.val_every == 1
     assert recipe.reasons["val_every"] == "1: every epoch"
+
+
+def test_epochs_in_budget_cuts_to_what_fits_and_never_under_the_range():
+    from singleshot.engine.recipe import BUDGET_VALIDATION_SHARE, epochs_in_budget
+
+    assert epochs_in_budget(40, 10.0, 0) == (40, None)  # no budget
+    assert epochs_in_budget(40, 10.0, 1000.0) == (40, None)  # 90 fit: the planned 40 stay
+    share = 1 - BUDGET_VALIDATION_SHARE
+    epochs, why = epochs_in_budget(40, 10.0, 300.0)
+    assert epochs == int(300 * share // 10) == 27 and "27 instead of 40" in why and "10.0 s" in why
+    epochs, why = epochs_in_budget(40, 100.0, 300.0)  # 2 fit, but a run keeps the range's minimum
+    assert epochs == EPOCH_RANGE[0] and "longer" in why
+    assert epochs_in_budget(5, 100.0, 300.0)[0] == 5  # never more than planned

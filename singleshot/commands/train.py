@@ -99,14 +99,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="E",
         default=S,
-        help="epochs (default: the recipe's, about 30 000 training samples)",
+        help="epochs (default: the recipe's, about 30 000 training samples, fewer when a CPU run would "
+        "take longer than --time-budget)",
+    )
+    model.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="S",
+        default=S,
+        help="seconds of training that a CPU run without --epochs may take; the recipe sets the epochs from "
+        f"the first epoch's time (default: {_DEFAULTS.time_budget:g}; 0: no limit)",
     )
     model.add_argument(
         "--batch-size",
         type=int,
         metavar="B",
         default=S,
-        help="images per step and process (default: 16 below 2000 training images, else 32)",
+        help="images per step and process (default: 8 below 2000 training images, else 32)",
     )
     model.add_argument(
         "--lr",
@@ -114,6 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LR",
         default=S,
         help="peak learning rate for the global batch (default: the recipe's, scaled; see below)",
+    )
+    model.add_argument(
+        "--optimizer",
+        choices=("sgd", "adamw"),
+        default=S,
+        help="sgd (momentum) or adamw (default: adamw for ssd_small, sgd for the others)",
     )
     model.add_argument(
         "--schedule",
@@ -181,8 +196,10 @@ _OPTION_KEYS = (
     "image_size",
     "fit_boxes",
     "epochs",
+    "time_budget",
     "batch_size",
     "lr",
+    "optimizer",
     "schedule",
     "seed",
     "out",
@@ -194,6 +211,7 @@ _OPTION_KEYS = (
 # What cannot change when a run resumes: the weights and the data order depend on them.
 _FIXED_ON_RESUME = (
     "model",
+    "optimizer",
     "image_size",
     "batch_size",
     "seed",

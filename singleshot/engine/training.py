@@ -37,11 +37,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from singleshot.engine import distributed
-from singleshot.engine.config import TrainConfig, default_lr, option_name
+from singleshot.engine.config import OPTIMIZERS, TrainConfig, default_lr, default_optimizer, option_name
 from singleshot.engine.distributed import World
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
-from singleshot.engine.loader import EpochBatches, default_workers, make_loader, workers_stopped_after
-from singleshot.engine.recipe import adapt_config
+from singleshot.engine.loader import (
+    EpochBatches,
+    default_workers,
+    make_loader,
+    step_threads,
+    workers_stopped_after,
+)
+from singleshot.engine.recipe import adapt_config, epochs_in_budget, validation_interval
 from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.schedule import WarmupSchedule
 from singleshot.engine.state import capture_rng, restore_rng, seed_everything, write_csv, write_json
@@ -155,7 +161,8 @@ class Trainer:
         self._open_run_folder(run, data.train)
 
         interrupted = False
-        with _stop_on_signals(self), workers_stopped_after(run.loader):
+        threads = step_threads(self.world.device, self.config.workers)
+        with _stop_on_signals(self), workers_stopped_after(run.loader), threads:
             while not interrupted and state.epoch < self.config.epochs:
                 interrupted = self._train_epoch(run, state) or self._end_epoch(run, state, data)
         return self._finish(run, state, interrupted)
@@ -255,12 +262,14 @@ class Trainer:
         return model, core, loss_fn
 
     def _optimizer(self, core, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, WarmupSchedule]:
-        """SGD with momentum (no weight decay on biases and norms) and its warmup schedule."""
+        """SGD with momentum or AdamW (no weight decay on biases and norms) and its warmup schedule."""
         config = self.config
         total_steps = steps_per_epoch * config.epochs
-        optimizer = torch.optim.SGD(
-            _param_groups(core, config.weight_decay), lr=config.lr, momentum=config.momentum
-        )
+        groups = _param_groups(core, config.weight_decay)
+        if config.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+        else:
+            optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
         schedule = WarmupSchedule(
             optimizer,
             config.lr,
@@ -319,10 +328,13 @@ class Trainer:
         cuda = device.type == "cuda"
         global_batch = config.batch_size * self.world.size
         metric = config.metric or ("coco" if config.format == "coco" else "voc07")
+        optimizer = config.optimizer or default_optimizer(config.model)
         return dataclasses.replace(
             config,
             image_size=config.image_size or int(model.image_size[0]),
-            lr=config.lr or default_lr(config.model, global_batch),
+            optimizer=optimizer,
+            weight_decay=OPTIMIZERS[optimizer] if config.weight_decay is None else config.weight_decay,
+            lr=config.lr or default_lr(config.model, global_batch, optimizer),
             device=str(device),
             amp=cuda if config.amp is None else config.amp and cuda,
             channels_last=True if config.channels_last is None else config.channels_last,
@@ -571,17 +583,43 @@ class Trainer:
         if improved:
             state.best_map = val_map
         state.finish_epoch()
+        if epoch == 0:
+            self._fit_time_budget(run, record["epoch_time_s"])
         self._save_last(run, state)
         if world.is_main:
             if improved:
                 self._save_best(run, state, val_map)
-            self._write_records(Path(config.out), state.history, config)
+            self._write_records(Path(config.out), state.history, self.config)
             if val_map is not None:
                 self._say(
                     f"epoch {epoch + 1}/{config.epochs}: validation mAP ({config.metric}) "
                     f"{format_map(val_map)}, best {format_map(state.best_map)}"
                 )
-        return self._should_stop(True) and state.epoch < config.epochs
+        return self._should_stop(True) and state.epoch < self.config.epochs
+
+    def _fit_time_budget(self, run: _Run, first_epoch_s: float) -> None:
+        """Cut the epochs the recipe chose to those that fit ``time_budget`` on this CPU
+        (:func:`singleshot.engine.recipe.epochs_in_budget`), once, after the first epoch; the schedule and
+        the validation interval follow, and the new values go into ``last.pt`` and ``config.json``."""
+        config = self.config
+        if "epochs" not in config.recipe or self.world.device.type != "cpu" or self.world.distributed:
+            return
+        epochs, why = epochs_in_budget(config.epochs, first_epoch_s, config.time_budget)
+        if why is None:
+            return
+        recipe = dict(config.recipe, epochs=why)
+        val_every = config.val_every
+        if "val_every" in recipe:
+            val_every, recipe["val_every"] = validation_interval(epochs)
+        self.config = dataclasses.replace(config, epochs=epochs, val_every=val_every, recipe=recipe)
+        total = epochs * run.steps_per_epoch
+        run.schedule.total_steps = total
+        if "milestones" in run.schedule.kwargs:
+            run.schedule.kwargs["milestones"] = [round(m * total) for m in config.milestones]
+        out = Path(config.out) / "config.json"
+        with _writing(out):
+            write_json(out, self.config.to_dict())
+        self._say(f"recipe: epochs {why}")
 
     def _epoch_record(self, run: _Run, state: RunState, val_map, val_seconds) -> dict:
         """The row of ``metrics.csv`` for the epoch ``state.epoch`` just trained."""
@@ -761,8 +799,10 @@ def _refuse_contradictions(config: TrainConfig, arch: str, size: list, options: 
 
 def _left_open_from(config: TrainConfig, saved: dict) -> TrainConfig:
     """``config`` with what it leaves open (None, or an empty dict) taken from a resumed run's ``saved``
-    configuration: the values its recipe chose (epochs, batch size, augmentation, fitted default boxes)."""
-    keys = ("epochs", "batch_size", "val_every", "augment", "recipe")
+    configuration: the values its recipe chose (epochs, batch size, augmentation, fitted default boxes, the
+    optimizer)."""
+    keys = ("epochs", "batch_size", "val_every", "augment", "recipe", "optimizer", "weight_decay")
+    saved = {"optimizer": "sgd", "weight_decay": 5e-4, **saved}  # runs that predate AdamW trained with SGD
     values = {key: saved[key] for key in keys if key in saved and getattr(config, key) in (None, {})}
     values["model_options"] = {**saved.get("model_options", {}), **config.model_options}
     return config.updated(values, "the resumed run's configuration")
