@@ -311,7 +311,7 @@ class Trainer:
             f"parameters) on {_plural(len(train_set), 'image')} of {len(train_set.class_names)} "
             f"class{'es' if len(train_set.class_names) != 1 else ''} for "
             f"{_plural(config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
-            f"{world.size} x batch {config.batch_size}, lr {config.lr:g}, "
+            f"{world.size} x batch {config.batch_size}, {_OPTIMIZER_NAMES.get(config.optimizer, config.optimizer)} lr {config.lr:g}, "
             f"{world.device}{', AMP' if config.amp else ''}; writing to {out}"
         )
         if len(train_set) < config.batch_size * world.size:  # warm-up is counted in steps
@@ -795,6 +795,9 @@ def _refuse_contradictions(config: TrainConfig, arch: str, size: list, options: 
             raise UserError(
                 f"{option_name(key)} {getattr(config, key)!r} contradicts {source}, which holds {value!r}; {hint}"
             )
+
+
+_OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
 
 
 def _left_open_from(config: TrainConfig, saved: dict) -> TrainConfig:
