@@ -130,7 +130,8 @@ def detect_videos(
     draw: bool = True,
     report: Callable[[str, str], None] | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Run ``model`` on every frame of each source and write ``out/STEM.mp4`` and ``out/STEM.jsonl``.
+    """Run ``model`` on every frame of each source and write ``out/STEM.mp4`` and ``out/STEM.jsonl``;
+    print one line per video written (frames, detections, files).
 
     Args:
         model: has ``predict(list of Tensor[3, H, W] uint8) -> list of detection dicts`` and ``class_names``.

@@ -194,3 +194,37 @@ def test_an_odd_sized_clip_is_encoded_one_row_and_column_smaller(checkpoint, tmp
     assert len(_lines(out / "odd.jsonl")) == 4
     report = json.loads((out / "detections.json").read_text())
     assert (report["videos"][0]["width"], report["videos"][0]["height"]) == (44, 32)
+
+
+def test_ctrl_c_ends_a_camera_normally_and_aborts_a_file(checkpoint, clip, tmp_path):
+    from singleshot.commands.detect import _detections_json
+    from singleshot.video import VideoSource, detect_videos, file_source
+
+    class StopsAtSecondBatch:  # what Ctrl-C during the second forward pass does
+        def __init__(self):
+            self.model, self.calls = load_checkpoint(checkpoint).eval(), 0
+            self.class_names = self.model.class_names
+
+        def predict(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return self.model.predict(images)
+
+    def run(source, out):
+        out.mkdir()
+        describe = lambda det: _detections_json(det, CLASSES)  # noqa: E731
+        return detect_videos(
+            StopsAtSecondBatch(), [source], out, describe=describe, score_threshold=0.3, batch_size=4
+        )
+
+    camera = VideoSource(name="camera", url=str(clip), stem="camera0", live=True)
+    (summary,), failures = run(camera, tmp_path / "live")
+    assert failures == [] and summary["frames"] == 4
+    assert (
+        len(_lines(tmp_path / "live" / "camera0.jsonl")) == 4
+        and len(_decode(tmp_path / "live" / "camera0.mp4")) == 4
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run(file_source(clip), tmp_path / "file")
+    assert list((tmp_path / "file").iterdir()) == []  # no half-written file, no temporary left
