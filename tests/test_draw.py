@@ -113,3 +113,38 @@ def test_image_grid_tiles_row_major():
         tuple(px[1, 1]) == (255, 0, 0) and tuple(px[1, 6]) == (0, 0, 255) and tuple(px[5, 1]) == (255, 0, 0)
     )
     assert tuple(px[0, 0]) == (255, 255, 255) and tuple(px[5, 6]) == (255, 255, 255)
+
+
+def test_note_empty_says_so_only_when_nothing_reaches_the_threshold(monkeypatch):
+    from PIL import ImageDraw
+
+    written = []
+    multiline_text = ImageDraw.ImageDraw.multiline_text
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "multiline_text",
+        lambda pen, xy, text, *a, **k: written.append(text) or multiline_text(pen, xy, text, *a, **k),
+    )
+    image = torch.full((3, 64, 64), 120, dtype=torch.uint8)
+    weak = _dets([[10, 10, 40, 40]], [1], [0.2])
+    plain = _pixels(draw_detections(image, weak, ["a"], score_threshold=0.5))
+    noted = _pixels(draw_detections(image, weak, ["a"], score_threshold=0.5, note_empty=True))
+    assert (plain == 120).all() and written == ["no detection\n>= 0.50"]
+    changed = (noted != 120).any(axis=-1)
+    assert changed[:8, :8].any() and not changed[40:].any()  # a tab at the top left, nothing below it
+    assert noted[changed].min() <= 40 and noted[changed].max() > 200  # light text on a dark tab
+    strong = _dets([[10, 10, 40, 40]], [1], [0.7])  # a detection drawn: no note
+    assert (
+        _pixels(draw_detections(image, strong, ["a"], 0.5, note_empty=True))
+        == _pixels(draw_detections(image, strong, ["a"], 0.5))
+    ).all()
+    assert len(written) == 1
+
+
+def test_note_empty_fits_a_small_picture():
+    from singleshot.render.draw import note_no_detection
+
+    small = Image.new("RGB", (64, 48), (120, 120, 120))
+    px = _pixels(note_no_detection(small, 0.3))
+    columns = np.nonzero((px != 120).any(axis=(0, 2)))[0]
+    assert 0 < columns.max() < 63  # the tab ends inside the picture

@@ -245,7 +245,7 @@ def write_gallery(
     pictures = []
     for i in range(min(count, len(dataset))):
         image, _ = dataset.load(i)
-        pictures.append(draw_detections(image, predictions[i], class_names, score_threshold))
+        pictures.append(draw_detections(image, predictions[i], class_names, score_threshold, note_empty=True))
     atomic_write(path, lambda f: image_grid(pictures, columns=columns).save(f, format="PNG"))
     return path
 

@@ -17,6 +17,9 @@ Outputs in ``--out``: one annotated picture per image, named after the input's s
 
 Boxes are xyxy in the pixels of the upright image. A file that is missing, unreadable or not an image is
 named in one line on stderr, the others are still processed, and the exit status is then 1.
+
+Video files named on the command line and a ``--source`` camera are handled by :mod:`singleshot.video`
+(``clip.mp4`` -> ``clip.mp4`` annotated and ``clip.jsonl``, one line per frame; listed under ``"videos"``).
 """
 
 from __future__ import annotations
@@ -36,15 +39,18 @@ from singleshot.files import atomic_write, write_text_atomic
 if TYPE_CHECKING:
     import torch
 
-HELP = "Detect objects in images: annotated copies and one detections.json in --out."
+HELP = "Detect objects in images and videos: annotated copies and one detections.json in --out."
 EXAMPLES = """\
 examples:
   singleshot detect runs/a/best.pt photo.jpg --out detections/
   singleshot detect runs/a/best.pt photos/ more/*.png --out detections/ --score-threshold 0.5
   singleshot detect runs/a/best.pt dataset/ --recursive --device cuda --batch-size 32 --out det/
+  singleshot detect runs/a/best.pt clip.mp4 --out det/     # det/clip.mp4 and det/clip.jsonl
+  singleshot detect runs/a/best.pt --source 0 --out det/   # the first camera, until Ctrl-C
 
 A directory gives the images directly inside it; --recursive walks its subdirectories too. The exit
 status is 1 when some input could not be read (each is named on stderr), 2 for a bad option or checkpoint.
+Videos and cameras need PyAV: pip install "singleshot[video]".
 """
 
 JSON_NAME = "detections.json"
@@ -57,7 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CKPT",
         help="a checkpoint written by 'singleshot train', or torchvision:NAME (COCO)",
     )
-    parser.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or directories")
+    parser.add_argument(
+        "inputs", metavar="INPUT", nargs="*", help="image files, directories of images and/or video files"
+    )
+    parser.add_argument(
+        "--source",
+        metavar="CAMERA",
+        help="also read a camera: its index (0 is the first) or device path (/dev/video0); Ctrl-C stops it",
+    )
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -191,6 +204,18 @@ def _make_out_dir(out: Path) -> None:
         raise UserError(f"cannot write into the output directory {out}; choose another --out.")
 
 
+def _video_sources(files: list[Path], camera: str | None) -> tuple[list, list[Path]]:
+    """(the video files among ``files`` and the ``--source`` camera as ``singleshot.video`` sources,
+    the other files)."""
+    from singleshot.video import camera_source, file_source, import_av, split_videos
+
+    videos, others = split_videos(files)
+    sources = [file_source(f) for f in videos] + ([camera_source(camera)] if camera is not None else [])
+    if sources:
+        import_av()
+    return sources, others
+
+
 def _detections_json(det: dict, class_names: list[str]) -> list[dict]:
     rows = []
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
@@ -276,9 +301,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--score-threshold {args.score_threshold} is outside [0, 1); try 0.3.")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1.")
+    if not args.inputs and args.source is None:
+        raise UserError("name the images, directories or videos to detect in, or a camera with --source 0.")
     device = resolve_device(args.device)
     out = Path(args.out)
     files, failures = find_images(args.inputs, recursive=args.recursive, skip=out)
+    videos, files = _video_sources(files, args.source)  # checks that PyAV is there before the model loads
     model = load_source(args.checkpoint, map_location="cpu").to(device).eval()
     # NMS never lets a lower score suppress a higher one, so thresholding before NMS gives the same
     # detections above the threshold as thresholding after it, and is faster.
@@ -331,6 +359,20 @@ def run(args: argparse.Namespace) -> int:
         for future in saves:
             future.result()
     bar.close()
+    if videos:
+        from singleshot.video import detect_videos
+
+        video_results, video_failures = detect_videos(
+            model,
+            videos,
+            out,
+            describe=lambda det: _detections_json(det, class_names),
+            score_threshold=args.score_threshold,
+            batch_size=args.batch_size,
+            draw=args.draw,
+            report=report,
+        )
+        failures += video_failures
 
     _write_json(
         out / JSON_NAME,
@@ -339,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
             "class_names": class_names,
             "score_threshold": args.score_threshold,
             "images": results,
+            **({"videos": video_results} if videos else {}),
             "failed": [{"file": name, "error": reason} for name, reason in failures],
         },
     )
@@ -346,7 +389,8 @@ def run(args: argparse.Namespace) -> int:
     failed = (
         f"; {len(failures)} input{'s' if len(failures) > 1 else ''} failed (named above)" if failures else ""
     )
-    print(
-        f"{len(results)} image{'s' if len(results) != 1 else ''}, {found} detection{'s' if found != 1 else ''} -> {out / JSON_NAME}{failed}"
-    )
+    if results or not videos:
+        print(
+            f"{len(results)} image{'s' if len(results) != 1 else ''}, {found} detection{'s' if found != 1 else ''} -> {out / JSON_NAME}{failed}"
+        )
     return 1 if failures else 0

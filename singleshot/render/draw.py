@@ -53,6 +53,7 @@ def draw_detections(
     *,
     line_width: int | None = None,
     font_size: int | None = None,
+    note_empty: bool = False,
 ) -> Image.Image:
     """The image with its detections drawn on it.
 
@@ -64,6 +65,8 @@ def draw_detections(
         class_names: names of labels 1..C-1 (background excluded): label k is ``class_names[k - 1]``.
         score_threshold: draw detections scoring at least this.
         line_width, font_size: default to a size that suits the image (about 1/150 and 1/25 of its side).
+        note_empty: when no detection reaches ``score_threshold``, write "no detection >= T" on the image
+            (see :func:`note_no_detection`), so that a gallery tells an empty result from a missing one.
 
     Returns:
         A new RGB ``PIL.Image`` of size (W, H); each box is outlined in its class colour and labelled
@@ -85,9 +88,10 @@ def draw_detections(
     scores = detections.get("scores")
     scores = scores.detach().float().cpu().tolist() if scores is not None else [None] * len(labels)
     order = sorted(range(len(labels)), key=lambda i: scores[i] or 0.0)  # the best drawn last, on top
+    order = [i for i in order if scores[i] is None or scores[i] >= score_threshold]
+    if note_empty and not order:
+        note_no_detection(pil, score_threshold)
     for i in order:
-        if scores[i] is not None and scores[i] < score_threshold:
-            continue
         x1, y1, x2, y2 = boxes[i].tolist()
         color = class_color(labels[i])
         pen.rectangle((x1, y1, x2, y2), outline=color, width=line_width)
@@ -107,6 +111,26 @@ def draw_detections(
             font=font,
         )
     return pil
+
+
+def note_no_detection(picture: Image.Image, score_threshold: float) -> Image.Image:
+    """Write "no detection" and ">= T" (two lines, white on a dark tab) at the top left of ``picture``.
+
+    The font is as large as fits the picture's width (1/12 of its side at most, 7 px at least).
+    Returns ``picture``, drawn on in place.
+    """
+    pen = ImageDraw.Draw(picture)
+    text = f"no detection\n>= {score_threshold:.2f}"
+    size = max(7, round(min(picture.size) / 12))
+    while True:
+        font = _font(size)
+        left, top, right, bottom = pen.multiline_textbbox((0, 0), text, font=font, spacing=1)
+        if right - left + 6 <= picture.width or size <= 7:
+            break
+        size -= 1
+    pen.rectangle((0, 0, right - left + 5, bottom - top + 5), fill=(40, 40, 40))
+    pen.multiline_text((3 - left, 3 - top), text, fill=(255, 255, 255), font=font, spacing=1)
+    return picture
 
 
 def image_grid(

@@ -3,7 +3,7 @@
     result = mean_average_precision(predictions, targets, metric="voc07", class_names=names)
     plot_pr_curves(result, "runs/eval/pr.png")
 
-Up to ``SINGLE_AXES_MAX`` classes share one axes with a legend of per-class AP; more get a grid of small
+Up to ``SINGLE_AXES_MAX`` classes share one axes with a legend of per-class AP beside it; more get a grid of small
 axes, one per class, titled with its AP. Classes without ground truth have no curve and are left out.
 VOC curves are drawn as the monotone precision envelope (whose area is the VOC2010+ AP) over the raw
 precision in score order, faint; COCO's curves are already interpolated at its 101 recall points.
@@ -64,7 +64,7 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
             title += "  (curves at IoU 0.5)"
     n = len(curves)
     if n <= SINGLE_AXES_MAX:
-        fig = Figure(figsize=(7.5, 6), dpi=100, layout="constrained")
+        fig = Figure(figsize=(9.5, 6), dpi=100, layout="constrained")
         ax = fig.add_subplot()
         for name, (recall, precision) in curves.items():
             _draw(
@@ -75,8 +75,8 @@ def plot_pr_curves(result: Mapping, path: str | os.PathLike, title: str | None =
                 linewidth=1.5,
                 label=f"{name} ({_ap_label(result, name)})",
             )
-        if n:
-            ax.legend(loc="lower left", fontsize="small")
+        if n:  # beside the axes, never over a curve; constrained layout makes room for it
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
         else:
             ax.text(0.5, 0.5, "no class has ground truth", ha="center", va="center", transform=ax.transAxes)
         _style(ax)
