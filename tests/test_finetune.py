@@ -183,12 +183,27 @@ def seeded_torch_home(tmp_path_factory):
     folder = home / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so that a wrong mapping shows
+    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    with torch.no_grad():
+        # BatchNorm statistics measured on noise images (a wrong mapping shows): with the statistics of a
+        # fresh model the randomly initialised backbone's maps are nearly constant across the image, so
+        # that thousands of default boxes tie in score and which of them survive is arbitrary.
+        calibration = torch.rand(4, 3, 320, 320, generator=torch.Generator().manual_seed(2))
         for module in reference.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
+                module.reset_running_stats()
+                module.momentum = None  # the plain average of the batches seen
+        reference.train()
+        reference.head(list(reference.backbone((calibration - 0.5) / 0.5).values()))
+        reference.eval()
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 0.03
+        for layer in reference.head.classification_head.module_list:  # decisive scores: few, clear detections
+            layer[-1].weight.mul_(10.0)
+            layer[-1].bias.view(-1, 91)[:, 1:] = -30.0
+            layer[-1].bias.view(-1, 91)[:, 1] = -11.0  # person and dog (label 18) above 0.3 in a few places
+            layer[-1].bias.view(-1, 91)[:, 18] = -11.5
     name = os.path.basename(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.url)
     torch.save(reference.state_dict(), folder / name)
     return home, reference
@@ -233,3 +248,37 @@ def test_fine_tuning_from_torchvision_maps_coco_classes(seeded_torch_home, monke
             assert torch.equal(dst.weight[b * 3], src.weight[b * 91])
     assert model.mean == source.mean and model.antialias is False
     assert torch.equal(model.priors_for(model.image_size), source.priors_for(source.image_size))
+
+
+def test_detect_with_torchvision_weights_gives_torchvisions_detections(
+    seeded_torch_home, monkeypatch, tmp_path
+):
+    from PIL import Image
+    from torchvision.models.detection import (
+        SSDLite320_MobileNet_V3_Large_Weights,
+        ssdlite320_mobilenet_v3_large,
+    )
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from singleshot.cli import main
+
+    home, _ = seeded_torch_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (3, 240, 280), dtype=torch.uint8, generator=generator)
+    image = tmp_path / "scene.png"
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(image)
+    out = tmp_path / "out"
+    argv = ["detect", f"torchvision:{SSDLITE}", str(image), "--out", str(out), "--no-draw"]
+    assert main([*argv, "--score-threshold", "0.3", "--device", "cpu"]) == 0
+    ours = json.loads((out / "detections.json").read_text())["images"][0]["detections"]
+
+    weights = SSDLite320_MobileNet_V3_Large_Weights.COCO_V1
+    theirs_model = ssdlite320_mobilenet_v3_large(weights=weights, score_thresh=0.3).eval()
+    with torch.no_grad():
+        theirs = theirs_model([pil_to_tensor(Image.open(image)).float() / 255])[0]
+    assert len(ours) == len(theirs["boxes"]) > 0
+    categories = weights.meta["categories"]
+    for row, box, label in zip(ours, theirs["boxes"], theirs["labels"]):
+        assert row["class"] == categories[int(label)]
+        assert torch.allclose(torch.tensor(row["box"]), box, atol=1.0)
