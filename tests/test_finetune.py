@@ -282,3 +282,80 @@ def test_detect_with_torchvision_weights_gives_torchvisions_detections(
     for row, box, label in zip(ours, theirs["boxes"], theirs["labels"]):
         assert row["class"] == categories[int(label)]
         assert torch.allclose(torch.tensor(row["box"]), box, atol=1.0)
+
+
+# ----------------------------------------------------------------------------- ImageNet backbone weights
+
+
+@pytest.fixture
+def imagenet_home(tmp_path, monkeypatch):
+    """TORCH_HOME whose hub/checkpoints holds a randomly initialised mobilenet_v3_large state dict under the
+    file name of MobileNet_V3_Large_Weights.IMAGENET1K_V1; downloads fail (none may happen)."""
+    from urllib.error import URLError
+
+    from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    folder = tmp_path / "torch-home" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(7)
+    state = mobilenet_v3_large(weights=None).state_dict()
+    torch.save(state, folder / os.path.basename(MobileNet_V3_Large_Weights.IMAGENET1K_V1.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return state
+
+
+def _assert_imagenet_backbone(model, state):
+    from singleshot.models.mobilenet import convert_mobilenet_v3_state_dict
+
+    own = model.backbone.state_dict()
+    converted = convert_mobilenet_v3_state_dict(state, model.backbone.c4_position, "seeded")
+    assert len(converted) > 100 and "features.0.0.0.weight" in converted
+    for key, value in converted.items():
+        assert torch.equal(own[key], value), key
+
+
+def test_the_training_model_starts_from_the_cached_imagenet_weights(imagenet_home, tmp_path, tiny_voc):
+    messages = []
+    config = _config(tiny_voc, tmp_path / "run", model=SSDLITE, backbone_weights="imagenet", image_size=96)
+    trainer = _trainer(config, messages)
+    model = trainer._build_model(type("S", (), {"class_names": _data_names(tiny_voc)})(), None)
+    _assert_imagenet_backbone(model, imagenet_home)
+    fresh = trainer._build_model(
+        type("S", (), {"class_names": _data_names(tiny_voc)})(), None
+    )  # the same file again: the same start
+    _assert_imagenet_backbone(fresh, imagenet_home)
+
+
+def test_offline_without_the_cached_file_one_sentence_names_the_file_and_folder(imagenet_home, tmp_path):
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    name = os.path.basename(MobileNet_V3_Large_Weights.IMAGENET1K_V1.url)
+    folder = tmp_path / "torch-home" / "hub" / "checkpoints"
+    (folder / name).unlink()
+    with pytest.raises(UserError) as error:
+        build_model(SSDLITE, 4, backbone_weights="imagenet")
+    message = str(error.value)
+    assert f"the file {name} in {folder} ($TORCH_HOME/hub/checkpoints)" in message
+    assert "cannot download it" in message and "\n" not in message
+    assert not (folder / name).exists()
+
+
+def test_imagenet_is_the_default_start_of_the_vgg_and_mobilenet_models_only_from_scratch():
+    from singleshot.cli import build_parser
+    from singleshot.commands.train import build_config
+
+    def config(*argv):
+        return build_config(build_parser().parse_args(["train", "--data", "d", "--out", "o", *argv]))
+
+    for name in ("ssd300_vgg16", "ssd512_vgg16", SSDLITE):
+        assert config("--model", name).backbone_weights == "imagenet"
+    assert config("--model", SSDLITE, "--backbone-weights", "none").backbone_weights == "none"
+    assert config("--model", "ssd300_vgg16", "--backbone-weights", "w.pth").backbone_weights == "w.pth"
+    assert config("--model", "ssd_small").backbone_weights is None and config().backbone_weights is None
+    assert config("--weights", f"torchvision:{SSDLITE}", "--model", SSDLITE).backbone_weights is None
+    with pytest.raises(UserError, match="leave --backbone-weights out"):
+        config("--weights", f"torchvision:{SSDLITE}", "--backbone-weights", "imagenet")
