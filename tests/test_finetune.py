@@ -183,12 +183,27 @@ def seeded_torch_home(tmp_path_factory):
     folder = home / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so that a wrong mapping shows
+    reference = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    with torch.no_grad():
+        # BatchNorm statistics measured on noise images (a wrong mapping shows): with the statistics of a
+        # fresh model the randomly initialised backbone's maps are nearly constant across the image, so
+        # that thousands of default boxes tie in score and which of them survive is arbitrary.
+        calibration = torch.rand(4, 3, 320, 320, generator=torch.Generator().manual_seed(2))
         for module in reference.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
+                module.reset_running_stats()
+                module.momentum = None  # the plain average of the batches seen
+        reference.train()
+        reference.head(list(reference.backbone((calibration - 0.5) / 0.5).values()))
+        reference.eval()
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 0.03
+        for layer in reference.head.classification_head.module_list:  # decisive scores: few, clear detections
+            layer[-1].weight.mul_(10.0)
+            layer[-1].bias.view(-1, 91)[:, 1:] = -30.0
+            layer[-1].bias.view(-1, 91)[:, 1] = -11.0  # person and dog (label 18) above 0.3 in a few places
+            layer[-1].bias.view(-1, 91)[:, 18] = -11.5
     name = os.path.basename(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.url)
     torch.save(reference.state_dict(), folder / name)
     return home, reference
@@ -233,3 +248,114 @@ def test_fine_tuning_from_torchvision_maps_coco_classes(seeded_torch_home, monke
             assert torch.equal(dst.weight[b * 3], src.weight[b * 91])
     assert model.mean == source.mean and model.antialias is False
     assert torch.equal(model.priors_for(model.image_size), source.priors_for(source.image_size))
+
+
+def test_detect_with_torchvision_weights_gives_torchvisions_detections(
+    seeded_torch_home, monkeypatch, tmp_path
+):
+    from PIL import Image
+    from torchvision.models.detection import (
+        SSDLite320_MobileNet_V3_Large_Weights,
+        ssdlite320_mobilenet_v3_large,
+    )
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from singleshot.cli import main
+
+    home, _ = seeded_torch_home
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (3, 240, 280), dtype=torch.uint8, generator=generator)
+    image = tmp_path / "scene.png"
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(image)
+    out = tmp_path / "out"
+    argv = ["detect", f"torchvision:{SSDLITE}", str(image), "--out", str(out), "--no-draw"]
+    assert main([*argv, "--score-threshold", "0.3", "--device", "cpu"]) == 0
+    ours = json.loads((out / "detections.json").read_text())["images"][0]["detections"]
+
+    weights = SSDLite320_MobileNet_V3_Large_Weights.COCO_V1
+    theirs_model = ssdlite320_mobilenet_v3_large(weights=weights, score_thresh=0.3).eval()
+    with torch.no_grad():
+        theirs = theirs_model([pil_to_tensor(Image.open(image)).float() / 255])[0]
+    assert len(ours) == len(theirs["boxes"]) > 0
+    categories = weights.meta["categories"]
+    for row, box, label in zip(ours, theirs["boxes"], theirs["labels"]):
+        assert row["class"] == categories[int(label)]
+        assert torch.allclose(torch.tensor(row["box"]), box, atol=1.0)
+
+
+# ----------------------------------------------------------------------------- ImageNet backbone weights
+
+
+@pytest.fixture
+def imagenet_home(tmp_path, monkeypatch):
+    """TORCH_HOME whose hub/checkpoints holds a randomly initialised mobilenet_v3_large state dict under the
+    file name of MobileNet_V3_Large_Weights.IMAGENET1K_V1; downloads fail (none may happen)."""
+    from urllib.error import URLError
+
+    from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    folder = tmp_path / "torch-home" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(7)
+    state = mobilenet_v3_large(weights=None).state_dict()
+    torch.save(state, folder / os.path.basename(MobileNet_V3_Large_Weights.IMAGENET1K_V1.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return state
+
+
+def _assert_imagenet_backbone(model, state):
+    from singleshot.models.mobilenet import convert_mobilenet_v3_state_dict
+
+    own = model.backbone.state_dict()
+    converted = convert_mobilenet_v3_state_dict(state, model.backbone.c4_position, "seeded")
+    assert len(converted) > 100 and "features.0.0.0.weight" in converted
+    for key, value in converted.items():
+        assert torch.equal(own[key], value), key
+
+
+def test_the_training_model_starts_from_the_cached_imagenet_weights(imagenet_home, tmp_path, tiny_voc):
+    messages = []
+    config = _config(tiny_voc, tmp_path / "run", model=SSDLITE, backbone_weights="imagenet", image_size=96)
+    trainer = _trainer(config, messages)
+    model = trainer._build_model(type("S", (), {"class_names": _data_names(tiny_voc)})(), None)
+    _assert_imagenet_backbone(model, imagenet_home)
+    fresh = trainer._build_model(
+        type("S", (), {"class_names": _data_names(tiny_voc)})(), None
+    )  # the same file again: the same start
+    _assert_imagenet_backbone(fresh, imagenet_home)
+
+
+def test_offline_without_the_cached_file_one_sentence_names_the_file_and_folder(imagenet_home, tmp_path):
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    name = os.path.basename(MobileNet_V3_Large_Weights.IMAGENET1K_V1.url)
+    folder = tmp_path / "torch-home" / "hub" / "checkpoints"
+    (folder / name).unlink()
+    with pytest.raises(UserError) as error:
+        build_model(SSDLITE, 4, backbone_weights="imagenet")
+    message = str(error.value)
+    assert f"the file {name} in {folder} ($TORCH_HOME/hub/checkpoints)" in message
+    assert "cannot download it" in message and "\n" not in message
+    assert not (folder / name).exists()
+
+
+def test_imagenet_is_the_default_start_of_the_vgg_and_mobilenet_models_only_from_scratch():
+    from singleshot.cli import build_parser
+    from singleshot.commands.train import build_config
+
+    def config(*argv):
+        return build_config(build_parser().parse_args(["train", "--data", "d", "--out", "o", *argv]))
+
+    for name in ("ssd300_vgg16", "ssd512_vgg16", SSDLITE):
+        assert config("--model", name).backbone_weights == "imagenet"
+    assert config("--model", SSDLITE, "--backbone-weights", "none").backbone_weights == "none"
+    assert config("--model", "ssd300_vgg16", "--backbone-weights", "w.pth").backbone_weights == "w.pth"
+    assert config("--model", "ssd_small").backbone_weights is None and config().backbone_weights is None
+    assert config("--weights", f"torchvision:{SSDLITE}", "--model", SSDLITE).backbone_weights is None
+    with pytest.raises(UserError, match="leave --backbone-weights out"):
+        config("--weights", f"torchvision:{SSDLITE}", "--backbone-weights", "imagenet")

@@ -15,6 +15,7 @@ EXAMPLES = f"""\
 examples:
   singleshot train --data data/shapes --out runs/a                  # the small CPU model, default recipe
   singleshot train --data VOCdevkit/VOC2007 --model ssd300_vgg16 --epochs 120 --batch-size 32 --out runs/voc
+  singleshot train --data VOCdevkit/VOC2007 --data VOCdevkit/VOC2012 --model ssd300_vgg16 --out runs/voc0712
   singleshot train --data coco/instances_train2017.json --val-data coco/instances_val2017.json --out runs/coco
   singleshot train --config runs/a/config.json --epochs 40 --out runs/b   # a previous run's settings, changed
   singleshot train --data VOC --weights torchvision:ssd300_vgg16      # fine-tune torchvision's COCO SSD300
@@ -38,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--data",
         metavar="PATH",
+        action="append",
         default=S,
-        help="a VOC root, COCO instances JSON or YOLO folder (required unless in --config)",
+        help="a VOC root, COCO instances JSON or YOLO folder (required unless in --config); repeat it to "
+        "train on the union of data sets with the same class names (--data VOC2007 --data VOC2012)",
     )
     data.add_argument(
         "--format", choices=("voc", "coco", "yolo"), default=S, help="data format (default: detected)"
@@ -50,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--val-data",
         metavar="PATH",
+        action="append",
         default=S,
-        help="validate on this VOC, COCO or YOLO data set (the classes of --data), not a split of --data",
+        help="validate on this VOC, COCO or YOLO data set (the classes of --data), not a split of --data; "
+        "repeatable",
     )
     data.add_argument(
         "--val-split",
@@ -79,6 +84,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=S,
         help="start from a trained detector: a checkpoint (RUN/best.pt) or torchvision:ssd300_vgg16 / "
         "torchvision:ssdlite320_mobilenet_v3_large (COCO); its model and default boxes, classes matched by name",
+    )
+    model.add_argument(
+        "--backbone-weights",
+        metavar="W",
+        default=S,
+        help="ImageNet start of a new model: imagenet (torchvision's weights from $TORCH_HOME/hub/checkpoints, "
+        "downloaded once), none, or the path of a torchvision vgg16 / mobilenet_v3_large state dict "
+        "(default: imagenet for ssd300_vgg16, ssd512_vgg16, ssdlite320_mobilenet_v3_large, else none)",
+    )
+    model.add_argument(
+        "--ema",
+        action="store_true",
+        default=S,
+        help="keep an exponential moving average of the weights (decay 0.9998, warmed up over 2000 steps); "
+        "validation and best.pt use it, last.pt keeps it for --resume",
     )
     model.add_argument(
         "--image-size",
@@ -193,6 +213,8 @@ _OPTION_KEYS = (
     "skip_invalid",
     "model",
     "weights",
+    "backbone_weights",
+    "ema",
     "image_size",
     "fit_boxes",
     "epochs",
@@ -219,6 +241,7 @@ _FIXED_ON_RESUME = (
     "train_split",
     "format",
     "model_options",
+    "ema",
 )
 
 
@@ -231,6 +254,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     from_file = read_json_object(args.config) if args.config else {}
     config = _updated(config, from_file, args.config)
     given = {key: getattr(args, key) for key in _OPTION_KEYS if hasattr(args, key)}
+    for key in ("data", "val_data"):  # repeatable: one data set is recorded as its path, several as a list
+        if isinstance(given.get(key), list) and len(given[key]) == 1:
+            given[key] = given[key][0]
     config = _updated(config, given, "the command line")
     if saved is not None:
         for key in _FIXED_ON_RESUME:
@@ -242,6 +268,27 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                 )
         if "out" not in given and "out" not in from_file:  # the run continues where its last.pt is
             config = config.updated({"out": str(Path(args.resume).parent)})
+    return _with_backbone_default(config, given, from_file, resumed=saved is not None)
+
+
+def _with_backbone_default(
+    config: TrainConfig, given: dict, from_file: dict, *, resumed: bool
+) -> TrainConfig:
+    """``--backbone-weights imagenet`` by default for a new model of ``IMAGENET_BACKBONE_MODELS`` (not with
+    --weights or --resume, whose weights replace it); refused when given with them."""
+    from singleshot.models.zoo import IMAGENET_BACKBONE_MODELS
+
+    chosen = "backbone_weights" in given or "backbone_weights" in from_file
+    if config.weights or resumed:
+        if given.get("backbone_weights") not in (None, "none"):
+            started = f"--weights {config.weights}" if config.weights else "--resume"
+            raise UserError(
+                f"--backbone-weights {given['backbone_weights']} sets the start of a new model, but {started} "
+                "gives every weight; leave --backbone-weights out"
+            )
+        return config if resumed else config.updated({"backbone_weights": None})
+    if not chosen and config.model in IMAGENET_BACKBONE_MODELS:
+        return config.updated({"backbone_weights": "imagenet"})
     return config
 
 

@@ -9,6 +9,12 @@ The training split is ``train_split``, else ``trainval``, ``train`` or the first
 ... (:func:`~singleshot.data.records.pick_split`, the rule ``singleshot eval`` uses too), and without one on
 nothing; ``"none"`` turns validation off. ``val_data`` names another data set to validate on (its
 ``val_split``, else its test or val split, else all of it), whose classes must be the training data's.
+
+``data`` (and ``val_data``) may list several data sets, of any formats: the run trains on their union
+(:class:`~singleshot.data.union.DatasetUnion`), e.g. ``["VOC2007", "VOC2012"]`` is VOC07+12. They need the
+same class names, in any order; labels follow the first set's order. ``train_split`` (and ``format``, when
+given) apply to each; without ``val_data``, validation is on a split of the first set (VOC2007's test).
+Several ``val_data`` sets are validated on as one, each with the training classes in their order.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from singleshot.data.dataset import DetectionDataset
 from singleshot.data.formats import describe_drops, detect_format, list_splits, open_dataset
 from singleshot.data.records import pick_split
+from singleshot.data.union import DatasetUnion
 from singleshot.errors import UserError
 
 
@@ -35,8 +42,8 @@ class TrainingData:
             the run does not validate.
     """
 
-    train: DetectionDataset
-    val: DetectionDataset | None
+    train: DetectionDataset | DatasetUnion
+    val: DetectionDataset | DatasetUnion | None
     format: str
     train_split: str | None
     val_split: str
@@ -44,11 +51,11 @@ class TrainingData:
 
 def open_training_data(
     *,
-    data: str,
+    data: str | list[str],
     format: str | None = None,
     train_split: str | None = None,
     val_split: str | None = None,
-    val_data: str | None = None,
+    val_data: str | list[str] | None = None,
     skip_invalid: bool = False,
     say: Callable[[str], None] = lambda text: None,
 ) -> TrainingData:
@@ -60,28 +67,41 @@ def open_training_data(
     run validates, or that it does not.
 
     Raises:
-        UserError: a path, split or format is wrong, the data has errors, or ``val_data``'s classes are
-            not ``data``'s.
+        UserError: a path, split or format is wrong, the data has errors, the ``data`` sets have different
+            classes, or ``val_data``'s classes are not ``data``'s.
     """
     options = {"format": format, "skip_invalid": skip_invalid, "check_images": "header"}
-    other_val_data = bool(val_data) and val_split != "none"  # not a split of data
-    if other_val_data:  # a wrong path fails at once, not after reading the training data
-        _check_readable(val_data, "--val-data")
-    train_set = open_dataset(data, split=train_split, **options)
+    datas = [data] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
+    val_datas = [val_data] if isinstance(val_data, (str, os.PathLike)) else list(val_data or [])
+    other_val_data = bool(val_datas) and val_split != "none"  # not a split of data
+    for path in datas[1:]:  # the first one's problems are open_dataset's to say
+        _check_readable(path, "--data")
+    for path in (
+        val_datas if other_val_data else []
+    ):  # a wrong path fails at once, not after the training data
+        _check_readable(path, "--val-data")
+    train_sets = [open_dataset(path, split=train_split, **options) for path in datas]
+    for path, dataset in zip(datas[1:], train_sets[1:]):
+        check_union_classes(train_sets[0], dataset, datas[0], path)
+    train_set = train_sets[0] if len(train_sets) == 1 else DatasetUnion(train_sets)
+    data = datas[0]
+    if len(train_sets) > 1:
+        say(f"training on {len(train_set)} images of {' + '.join(datas)}")
     val_set = None
     if other_val_data:
-        val_set = _open_val_data(train_set, data, val_data, val_split, options, say)
-        val_split = val_set.split
+        val_sets = [_open_val_data(train_set, data, path, val_split, options, say) for path in val_datas]
+        val_set = val_sets[0] if len(val_sets) == 1 else DatasetUnion(val_sets)
+        val_split = val_set.split if len(val_sets) == 1 else val_split
     else:
         if val_split is None:  # the data set's test or val split (or val2017 ...); none: no validation
-            splits = [s for s in list_splits(data, train_set.format) if s != train_set.split]
+            splits = [s for s in list_splits(data, train_sets[0].format) if s != train_sets[0].split]
             val_split = pick_split(splits, "eval") or ""
             if not val_split:
                 say(f"{data} has no test or val split: training without validation (no best.pt)")
         if val_split and val_split != "none":
             val_set = open_dataset(data, split=val_split, classes=train_set.class_names, **options)
         val_split = val_split or "none"
-    for dataset in (train_set, val_set):
+    for dataset in [*train_sets, *(val_set.parts if isinstance(val_set, DatasetUnion) else [val_set])]:
         note = dataset is not None and describe_drops(dataset)
         if note:
             say(note)
@@ -125,24 +145,40 @@ def _check_readable(path: str, option: str) -> None:
         raise UserError(f"{option} {p} cannot be read (permission denied); make it readable or give another")
 
 
-def check_same_classes(
-    train_set: DetectionDataset, val_set: DetectionDataset, data: str, val_data: str
-) -> None:
-    """UserError unless ``val_set`` has ``train_set``'s classes: the same names in the same order and, when
-    both are COCO data, the same category ids."""
-    train, val = list(train_set.class_names), list(val_set.class_names)
+def check_union_classes(first: DetectionDataset, other: DetectionDataset, data: str, other_data: str) -> None:
+    """UserError unless ``other`` has the class names of ``first`` (in any order): a run trains on the union
+    of several ``--data`` sets only when they have the same classes."""
+    what = _name_difference(list(first.class_names), list(other.class_names))
+    if what:
+        raise UserError(
+            f"--data {other_data} does not have the classes of --data {data}: {what}; train on data sets "
+            "with the same class names (in any order)"
+        )
+
+
+def _name_difference(train: list[str], val: list[str]) -> str | None:
+    """What names ``val`` has or lacks compared to ``train``, as a clause; None when the sets are equal."""
     extra = [n for n in val if n not in train]
     missing = [n for n in train if n not in val]
     if extra and missing:
-        what = f"it has {_listed(extra)} but not {_listed(missing)}"
-    elif extra:
-        what = f"it also has {_listed(extra)}"
-    elif missing:
-        what = f"it lacks {_listed(missing)}"
-    elif val != train:
+        return f"it has {_listed(extra)} but not {_listed(missing)}"
+    if extra:
+        return f"it also has {_listed(extra)}"
+    if missing:
+        return f"it lacks {_listed(missing)}"
+    return None
+
+
+def check_same_classes(train_set, val_set: DetectionDataset, data: str, val_data: str) -> None:
+    """UserError unless ``val_set`` has ``train_set``'s classes: the same names in the same order and, when
+    both are COCO data, the same category ids."""
+    train, val = list(train_set.class_names), list(val_set.class_names)
+    what = _name_difference(train, val)
+    if what is None and val != train:
         what = f"it lists them in another order ({', '.join(val)} instead of {', '.join(train)})"
     elif (
-        train_set.format == val_set.format == "coco"
+        what is None
+        and train_set.format == val_set.format == "coco"
         and train_set.coco_category_ids != val_set.coco_category_ids
     ):
         name, val_id, train_id = next(
@@ -151,7 +187,7 @@ def check_same_classes(
             if v != t
         )
         what = f"it gives {name!r} category id {val_id}, --data gives it {train_id}"
-    else:
+    elif what is None:
         return
     hint = (
         " (a VOC root without classes.txt takes its classes from its annotations)"

@@ -29,12 +29,12 @@ FORMATS = ("voc", "coco", "yolo")
 class TrainConfig:
     """Inputs of one training run. ``None`` means "derive it" (see :meth:`resolve`)."""
 
-    data: str | None = None
+    data: str | list[str] | None = None  # several: the union of the data sets (same class names)
     out: str | None = None
     format: str | None = None
     train_split: str | None = None
     val_split: str | None = None
-    val_data: str | None = None  # the data set to validate on; None: a split of ``data``
+    val_data: str | list[str] | None = None  # the data set(s) to validate on; None: a split of ``data``
     model: str | None = None
     weights: str | None = None  # start a new run from these weights: a checkpoint or torchvision:NAME
     image_size: int | None = None
@@ -65,6 +65,10 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     fit_boxes: bool = True  # fit the default boxes to the training data when training from scratch
+    # ImageNet weights of the backbone when training from scratch: "imagenet", "none" or a state dict's path;
+    # None: none (singleshot train's default is "imagenet" for zoo.IMAGENET_BACKBONE_MODELS)
+    backbone_weights: str | None = None
+    ema: bool = False  # validate and save an exponential moving average of the weights (engine.ema)
     recipe: dict = field(default_factory=dict)  # written by the trainer: why each derived value was chosen
 
     # -- construction ------------------------------------------------------------------------------
@@ -94,6 +98,11 @@ class TrainConfig:
         clean = {k: _coerce(k, v, types[k], source) for k, v in values.items()}
         return dataclasses.replace(self, **clean)
 
+    @property
+    def data_name(self) -> str:
+        """The training data as text: its path, or the paths of several joined by ``" + "``."""
+        return " + ".join(self.data) if isinstance(self.data, list) else str(self.data)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -102,6 +111,8 @@ class TrainConfig:
         """Raise :class:`UserError` naming the first option whose value cannot work."""
         if not self.data:
             raise UserError("--data is required: the folder or annotation file of the training data")
+        if isinstance(self.data, list) and len(set(self.data)) != len(self.data):
+            raise UserError(f"--data {self.data!r} names a data set twice; give each once")
         if not self.out:
             raise UserError("--out is required: the run folder to write checkpoints, metrics and curves to")
         checks = [
@@ -142,6 +153,8 @@ CLI_KEYS = {
     "val_data",
     "model",
     "weights",
+    "backbone_weights",
+    "ema",
     "image_size",
     "epochs",
     "time_budget",
@@ -233,6 +246,12 @@ def _coerce(key: str, value, annotation: str, source: str):
             return float(value)
         if kind == "str" and isinstance(value, str):
             return value
+        if (
+            kind == "list[str]"
+            and isinstance(value, (list, tuple))
+            and all(isinstance(v, str) for v in value)
+        ):
+            return list(value) if len(value) != 1 else value[0]  # one data set is recorded as its path
         if kind.startswith("list") and isinstance(value, (list, tuple)):
             return [float(v) for v in value]
         if kind == "dict" and isinstance(value, dict):

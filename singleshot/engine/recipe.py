@@ -228,7 +228,7 @@ def adapt_config(config, train_set, say):
     from singleshot.models import build_model
 
     boxes = train_set.training_boxes()
-    name = f"{config.data}" + (f" (split {train_set.split})" if train_set.split else "")
+    name = config.data_name + (f" (split {train_set.split})" if train_set.split else "")
     recipe = choose_recipe(
         config.model,
         len(train_set),

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from singleshot.engine import distributed
 from singleshot.engine.config import OPTIMIZERS, TrainConfig, default_lr, default_optimizer, option_name
 from singleshot.engine.distributed import World
+from singleshot.engine.ema import WeightAverage, run_average
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
 from singleshot.engine.loader import (
     EpochBatches,
@@ -83,6 +84,12 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: WarmupSchedule
     scaler: torch.amp.GradScaler
+    ema: WeightAverage | None = None  # --ema: what validation and best.pt use
+
+    @property
+    def validated(self) -> torch.nn.Module:
+        """The model validation scores and ``best.pt`` holds: the weight average with --ema, else ``core``."""
+        return self.core if self.ema is None else self.ema.module
 
     @property
     def steps_per_epoch(self) -> int:
@@ -232,7 +239,8 @@ class Trainer:
             pin_memory=device.type == "cuda",
             skip_invalid=config.skip_invalid,
         )
-        return _Run(model, core, loader, sampler, loss_fn, optimizer, schedule, scaler), state
+        ema = run_average(core, config.ema, checkpoint)
+        return _Run(model, core, loader, sampler, loss_fn, optimizer, schedule, scaler, ema), state
 
     def _place_model(self, model):
         """``(what a step calls, the SSD, its loss on the device)``: ``model`` on the device, in DDP (and
@@ -358,7 +366,7 @@ class Trainer:
         if checkpoint is not None:
             if checkpoint["class_names"] != list(class_names):
                 raise UserError(
-                    f"{self.resume} was trained on other classes than the {len(class_names)} of {config.data}; "
+                    f"{self.resume} was trained on other classes than the {len(class_names)} of {config.data_name}; "
                     "resume with the data the run was started with"
                 )
             return model_from_checkpoint(checkpoint, f"checkpoint {self.resume}")
@@ -367,6 +375,10 @@ class Trainer:
         overrides = dict(config.model_options)
         if config.image_size:
             overrides["image_size"] = config.image_size
+        if config.backbone_weights is not None:  # --backbone-weights: "none" is no ImageNet start
+            overrides["backbone_weights"] = (
+                None if config.backbone_weights == "none" else config.backbone_weights
+            )
         return build_model(config.model, len(class_names) + 1, class_names=list(class_names), **overrides)
 
     def _take_weights(self, config: TrainConfig) -> TrainConfig:
@@ -409,7 +421,7 @@ class Trainer:
         carried, new = transfer_weights(source, model)
         if not carried:
             self._say(
-                f"weights: {weights} shares no class with {self.config.data}; every layer but the class "
+                f"weights: {weights} shares no class with {self.config.data_name}; every layer but the class "
                 f"scores is carried over, and all {len(new)} classes start fresh"
             )
         else:
@@ -523,6 +535,8 @@ class Trainer:
         run.scaler.scale(losses["loss"]).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.core)
         return LossTerms.of(losses), lr, images.shape[0]
 
     def _log_steps(self, run: _Run, state: RunState, mean, lr: float, speed: float, bar) -> None:
@@ -566,7 +580,7 @@ class Trainer:
         if val_set is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
             began = time.perf_counter()
             try:
-                val_map = self._validate(run.core, val_set, list(data.train.class_names))
+                val_map = self._validate(run.validated, val_set, list(data.train.class_names))
             except StopEvaluation:
                 self._save_last(run, state)
                 return True
@@ -663,6 +677,7 @@ class Trainer:
             history=state.history,
             best_map=state.best_map,
             config=self.config.to_dict(),
+            **({} if run.ema is None else {"ema": run.ema.state_dict()}),
         )
 
     def _save_best(self, run: _Run, state: RunState, val_map: float) -> None:
@@ -673,7 +688,7 @@ class Trainer:
         with _writing(Path(config.out) / "best.pt"):
             save_checkpoint(
                 Path(config.out) / "best.pt",
-                run.core,
+                run.validated,
                 epoch=state.epoch,
                 val_map=val_map,
                 metric=config.metric,
@@ -693,7 +708,9 @@ class Trainer:
                 )
         distributed.barrier(self.world)
         epochs_done = len(state.history["epochs"])
-        return TrainResult(out, epochs_done, state.best_map, state.last_map, interrupted, run.core, config)
+        return TrainResult(
+            out, epochs_done, state.best_map, state.last_map, interrupted, run.validated, config
+        )
 
     def _should_stop(self, synchronised_point: bool) -> bool:
         """All ranks agree to stop at the same step: they compare their flags when they synchronise anyway."""
@@ -734,7 +751,7 @@ class Trainer:
                 out / "curves.png",
                 history["steps"],
                 history["epochs"],
-                title=f"{config.model} on {'/'.join(Path(config.data).parts[-2:])}",
+                title=f"{config.model} on {_short_data_name(config)}",
             )
 
     def _say(self, text: str) -> None:
@@ -817,6 +834,12 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _short_data_name(config: TrainConfig) -> str:
+    """The last two parts of each training data path, joined by " + " (a plot title)."""
+    paths = config.data if isinstance(config.data, list) else [config.data]
+    return " + ".join("/".join(Path(p).parts[-2:]) for p in paths)
 
 
 def _plural(n: int, word: str) -> str:

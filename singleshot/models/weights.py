@@ -1,13 +1,17 @@
 """ImageNet backbone weights: from a saved torchvision state dict or torchvision's weights API.
 
-``backbone_weights="torchvision"`` downloads (once, into torch's hub cache) the classification weights of
-``VGG16_Weights.IMAGENET1K_V1`` or ``MobileNet_V3_Large_Weights.IMAGENET1K_V1``; a path loads a state dict
-saved from ``torchvision.models.vgg16()`` / ``mobilenet_v3_large()`` with ``torch.save(m.state_dict(), path)``.
+``backbone_weights="imagenet"`` (or ``"torchvision"``) reads the classification weights of
+``VGG16_Weights.IMAGENET1K_V1`` or ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` through torchvision's weights
+API: from torch's hub cache, ``$TORCH_HOME/hub/checkpoints/<file name>``, once they are there (a machine
+that downloaded them once works offline), else downloaded into it; offline without the file, a
+:class:`UserError` names the file and the folder. A path loads a state dict saved from
+``torchvision.models.vgg16()`` / ``mobilenet_v3_large()`` with ``torch.save(m.state_dict(), path)``.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.error import URLError
 
 import torch
@@ -22,19 +26,46 @@ _TORCHVISION_WEIGHTS = {
 }
 
 
-def _download(backbone: str) -> dict[str, Tensor]:
+IMAGENET = ("imagenet", "torchvision")  # the names of torchvision's ImageNet weights
+
+
+def cached_file(backbone: str) -> Path:
+    """Where torchvision's weights API keeps ``backbone``'s ImageNet weights:
+    ``$TORCH_HOME/hub/checkpoints/<file name>`` (``vgg16-397923af.pth``, ``mobilenet_v3_large-8738ca79.pth``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_weights_enum(backbone).url)
+
+
+def _weights_enum(backbone: str):
     import torchvision.models as tvm
 
     enum_name, member = _TORCHVISION_WEIGHTS[backbone]
-    weights = getattr(getattr(tvm, enum_name), member)
+    return getattr(getattr(tvm, enum_name), member)
+
+
+def _download(backbone: str) -> dict[str, Tensor]:
+    """The ImageNet state dict of ``backbone`` from torch's hub cache, downloaded into it when missing."""
+    enum_name, member = _TORCHVISION_WEIGHTS[backbone]
+    weights, path = _weights_enum(backbone), cached_file(backbone)
+    cached = path.is_file()
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
-    except (URLError, OSError, ConnectionError) as exc:
+    except (URLError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(
-            f"could not download torchvision's {enum_name}.{member} ImageNet weights ({reason}): this machine "
-            f"looks offline, so download them where there is internet access and pass the saved {backbone} "
-            "state dict as backbone_weights=PATH"
+            f"the {backbone} ImageNet weights need the file {path.name} in {path.parent} "
+            f"($TORCH_HOME/hub/checkpoints) and this machine cannot download it ({reason}): copy it there "
+            f"from {weights.url}, or give --backbone-weights none"
+        ) from None
+    except Exception as exc:  # damaged bytes raise many kinds (RuntimeError, UnpicklingError, EOFError, ...)
+        if not cached:
+            raise UserError(
+                f"downloading {weights.url} into {path.parent} failed ({exc}); copy {path.name} there by hand"
+            ) from None
+        raise UserError(
+            f"{path} cannot be read as torchvision's {enum_name}.{member} weights: it is truncated or damaged; "
+            "delete it or copy it again"
         ) from None
 
 
@@ -67,8 +98,9 @@ def read_state_dict(path: str | os.PathLike, what: str = "state dict") -> dict[s
 def backbone_state_dict(backbone_weights: str | os.PathLike, backbone: str) -> tuple[dict[str, Tensor], str]:
     """``(state_dict, description)`` of ImageNet weights for ``backbone`` ("vgg16" or "mobilenet_v3_large").
 
-    ``backbone_weights`` is ``"torchvision"`` (torchvision's weights API, downloads once) or a path.
+    ``backbone_weights`` is ``"imagenet"`` or ``"torchvision"`` (torchvision's weights API, from torch's hub
+    cache, downloaded into it once) or a path.
     """
-    if str(backbone_weights) == "torchvision":
+    if str(backbone_weights) in IMAGENET:
         return _download(backbone), f"torchvision's {backbone} ImageNet weights"
     return read_state_dict(backbone_weights, f"{backbone} state dict"), str(backbone_weights)

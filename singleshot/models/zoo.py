@@ -45,6 +45,10 @@ DEFAULT_MODEL = "ssd_small"
 
 _BUILDERS: dict[str, Callable[..., SSD]] = {}
 
+# The models whose training from scratch starts from ImageNet backbone weights unless told otherwise (the
+# paper's and torchvision's recipes): ``singleshot train``'s default --backbone-weights imagenet.
+IMAGENET_BACKBONE_MODELS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite320_mobilenet_v3_large")
+
 # Builder arguments that are not part of the architecture: a checkpoint holds the weights and names.
 _NOT_ARCH_ARGS = ("backbone_weights", "class_names")
 
@@ -214,7 +218,7 @@ def ssd300_vgg16(
 
     ``scales``: "voc" (min sizes 30 .. 264 px, Caffe's VOC model), "coco" (21 .. 261 px) or
     "torchvision" (torchvision's ssd300_vgg16); ``clip=None`` as Caffe's reference models (no clipping).
-    ``backbone_weights``: "torchvision" or the path of a torchvision ``vgg16`` state dict (ImageNet).
+    ``backbone_weights``: "imagenet" (or "torchvision") or the path of a torchvision ``vgg16`` state dict (ImageNet).
     """
     presets = {"voc": SSD300_VOC, "coco": SSD300_COCO, "torchvision": TORCHVISION_SSD300}
     return _vgg_ssd(
@@ -247,7 +251,7 @@ def ssd512_vgg16(
     """SSD512 (Liu et al. 2016): VGG16 + extras ending in a 4x4 conv, 24564 default boxes at 512x512.
 
     ``scales``: "voc" (min sizes 35.84 .. 460.8 px, Caffe's VOC model) or a list of 8 relative scales.
-    ``backbone_weights``: "torchvision" or the path of a torchvision ``vgg16`` state dict (ImageNet).
+    ``backbone_weights``: "imagenet" (or "torchvision") or the path of a torchvision ``vgg16`` state dict (ImageNet).
     """
     presets = {"voc": SSD512_VOC}
     return _vgg_ssd(
@@ -287,7 +291,7 @@ def ssdlite320_mobilenet_v3_large(
 
     3234 default boxes at 320x320 (ratios 2 and 3 on all 6 maps). ``reduced_tail`` halves the last
     stage (960 -> 480 channels); None: as torchvision, reduced unless ImageNet ``backbone_weights`` are
-    loaded ("torchvision" or the path of a torchvision ``mobilenet_v3_large`` state dict). torchvision's
+    loaded ("imagenet" (or "torchvision") or the path of a torchvision ``mobilenet_v3_large`` state dict). torchvision's
     COCO model has the reduced tail (it was trained from scratch).
     """
     if reduced_tail is None:
