@@ -279,77 +279,109 @@ def _objects(
 ) -> _Objects:
     """The valid annotations; the others are described in ``problems``, in file order.
 
-    One pass in Python picks the fields (no object per box is kept); the boxes are checked as one array,
-    as :func:`~singleshot.data.records.validate_box` checks one (which words the problems found).
+    Each field is picked from every annotation in one pass (no object per box is kept), and the
+    annotations are checked as arrays: ids given before, unknown images and categories, and the boxes as
+    :func:`~singleshot.data.records.validate_box` checks one (which words the problems found).
     """
-    found: list[tuple[int, Problem]] = []  # (annotation index, problem)
-    ks, rows, labels, bboxes, crowd = [], [], [], [], []
-    seen_ann: set = set()
-    for k, a in enumerate(annotations):
-        if not isinstance(a, dict):
-            found.append(
-                (k, Problem(file, "annotation is not an object", where=f"annotation {k + 1}", drops="object"))
-            )
-            continue
-        aid = a.get("id")
-        where = f"annotation id {aid}" if aid is not None else f"annotation {k + 1}"
-        if aid is not None:
-            if _lookup(seen_ann, aid):
-                found.append(
-                    (
-                        k,
-                        Problem(
-                            file,
-                            f"annotation id {aid} is used twice; the repeat is left out",
-                            where=f"annotation {k + 1}",
-                            drops="object",
-                        ),
-                    )
-                )
-                continue
-            if isinstance(aid, (int, str, float)):
-                seen_ann.add(aid)
-        iid, cid = a.get("image_id"), a.get("category_id")
-        row = _lookup(images.row, iid)
-        if row is None:
-            found.append((k, Problem(file, f"refers to unknown image id {iid}", where=where, drops="object")))
-            continue
-        label = _lookup(label_of, cid)
-        if label is None:
-            message = (
-                f"category {cats[cid]!r} is not in the class list"
-                if _lookup(cats, cid) is not None
-                else f"unknown category id {cid}"
-            )
-            found.append((k, Problem(file, message, where=where, drops="object")))
-            continue
-        ks.append(k)
-        rows.append(row)
-        labels.append(label)
-        bboxes.append(a.get("bbox"))
-        crowd.append(a.get("iscrowd", 0))
-    rows_a = np.array(rows, dtype=np.int64)
-    boxes, good = _check_boxes(_xyxy(bboxes), images.sizes[rows_a])
-    for j in np.flatnonzero(~good):
-        k, row = ks[j], rows[j]
-        a = annotations[k]
-        where = f"annotation id {a['id']}" if a.get("id") is not None else f"annotation {k + 1}"
+    n = len(annotations)
+    if all(type(a) is dict for a in annotations):
+        is_dict = np.ones(n, dtype=bool)
+    else:
+        is_dict = np.fromiter((isinstance(a, dict) for a in annotations), dtype=bool, count=n)
+        annotations = [a if ok else {} for a, ok in zip(annotations, is_dict)]
+    aids = [a.get("id") for a in annotations]
+    rows = _looked_up(images.row, [a.get("image_id") for a in annotations], -1)
+    labels = _looked_up(label_of, [a.get("category_id") for a in annotations], 0)
+    bboxes = [a.get("bbox") for a in annotations]
+    crowd = _truths([a.get("iscrowd", 0) for a in annotations])
+    repeat = _repeats(aids) & is_dict
+    bad = ~is_dict | repeat | (rows < 0) | (labels == 0)
+    found = [
+        (k, _problem(k, annotations[k], bool(is_dict[k]), bool(repeat[k]), int(rows[k]), cats, file))
+        for k in np.flatnonzero(bad).tolist()
+    ]
+    ks = np.flatnonzero(~bad)
+    boxes, good = _check_boxes(_xyxy(bboxes)[ks], images.sizes[rows[ks]])
+    for k in ks[~good].tolist():
+        row = int(rows[k])
+        where = f"annotation id {aids[k]}" if aids[k] is not None else f"annotation {k + 1}"
         w, h = (int(v) for v in images.sizes[row])
-        _, message = validate_box(
-            _xyxy([bboxes[j]])[0], w if w > 0 else None, h if h > 0 else None, f"bbox {bboxes[j]}"
-        )
+        shown = f"bbox {bboxes[k]}"
+        _, message = validate_box(_xyxy([bboxes[k]])[0], w if w > 0 else None, h if h > 0 else None, shown)
         found.append((k, Problem(file, f"{images.file_names[row]}: {message}", where=where, drops="object")))
     problems += [p for _, p in sorted(found, key=lambda kp: kp[0])]
-    flags = np.fromiter(map(bool, crowd), dtype=bool, count=len(crowd))
-    return _Objects(rows_a[good], boxes[good], np.array(labels, dtype=np.int64)[good], flags[good])
+    ks = ks[good]
+    return _Objects(rows[ks], boxes[good], labels[ks], crowd[ks])
 
 
-def _lookup(table, key):
-    """``table.get(key)`` (``key in table`` for a set), None for a key that cannot be one (a list)."""
+def _truths(values: list) -> np.ndarray:
+    """``bool(v)`` of each value, as a bool array."""
     try:
-        return (key in table or None) if isinstance(table, set) else table.get(key)
-    except TypeError:
-        return None
+        array = np.array(values) if values else np.zeros(0, dtype=bool)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is not None and array.ndim == 1 and array.dtype.kind in "biuf":
+        return array != 0
+    return np.fromiter(map(bool, values), dtype=bool, count=len(values))
+
+
+def _problem(k: int, a: dict, is_dict: bool, repeat: bool, row: int, cats: dict, file: str) -> Problem:
+    """What is wrong with annotation ``k`` (``a``), the first of the checks in the order they run."""
+    if not is_dict:
+        return Problem(file, "annotation is not an object", where=f"annotation {k + 1}", drops="object")
+    aid = a.get("id")
+    if repeat:
+        message = f"annotation id {aid} is used twice; the repeat is left out"
+        return Problem(file, message, where=f"annotation {k + 1}", drops="object")
+    where = f"annotation id {aid}" if aid is not None else f"annotation {k + 1}"
+    if row < 0:
+        return Problem(file, f"refers to unknown image id {a.get('image_id')}", where=where, drops="object")
+    cid = a.get("category_id")
+    name = _looked_up(cats, [cid], None)[0]
+    message = (
+        f"category {name!r} is not in the class list" if name is not None else f"unknown category id {cid}"
+    )
+    return Problem(file, message, where=where, drops="object")
+
+
+def _looked_up(table: dict, keys: list, missing) -> np.ndarray:
+    """``[table.get(k, missing) for k in keys]`` as an array (int64, or objects when ``missing`` is None); a
+    key that cannot be one (a list) is missing."""
+    get = table.get
+    try:
+        values = [get(k, missing) for k in keys]
+    except TypeError:  # an unhashable key somewhere: look each up on its own
+        values = []
+        for k in keys:
+            try:
+                values.append(get(k, missing))
+            except TypeError:
+                values.append(missing)
+    return np.array(values, dtype=object if missing is None else np.int64)
+
+
+def _repeats(aids: list) -> np.ndarray:
+    """bool per annotation: an annotation before gave the same ``id`` (None never repeats)."""
+    n = len(aids)
+    try:
+        ids = np.array(aids) if aids else np.zeros(0, dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):
+        ids = None
+    if ids is not None and ids.ndim == 1 and ids.dtype.kind in "iu":  # all integers: sort them
+        _, first = np.unique(ids, return_index=True)
+        repeat = np.ones(n, dtype=bool)
+        repeat[first] = False
+        return repeat
+    repeat, seen = np.zeros(n, dtype=bool), set()
+    for k, aid in enumerate(aids):
+        if aid is None:
+            continue
+        try:
+            repeat[k] = aid in seen
+            seen.add(aid)
+        except TypeError:  # a list as id: never the same as another
+            pass
+    return repeat
 
 
 def _xyxy(bboxes: list) -> np.ndarray:
