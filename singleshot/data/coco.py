@@ -17,6 +17,8 @@ ignores detections matched to them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 from pathlib import Path
@@ -134,7 +136,7 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     problems: list[Problem] = []
     file = str(json_path)
     try:
-        with open(json_path, encoding="utf-8") as f:
+        with open(json_path, encoding="utf-8") as f, _no_cyclic_gc():
             data = json.load(f)
     except json.JSONDecodeError as exc:
         return ReadResult([], list(classes or []), [Problem(file, f"malformed JSON ({exc})", drops="image")])
@@ -166,6 +168,19 @@ def read(path: Path, split: str | None, classes: list[str] | None) -> ReadResult
     records = _records(images, objects, image_dir, json_path, problems)
     extra = {"coco_category_ids": list(cat_ids), "annotation_file": file}
     return ReadResult(records, class_names, problems, extra=extra)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """The cyclic garbage collector paused: parsed JSON holds no cycles, and the collections that millions of
+    new dicts and lists would trigger make ``json.load`` of a COCO train2017-sized file take 1.7x as long."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _categories(categories: list, file: str, problems: list[Problem]) -> dict[int, str]:
