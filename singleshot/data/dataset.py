@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from singleshot.data.images import EXIF_MODES, load_annotated_image, read_image_header
-from singleshot.data.records import ImageInfo, ImageRecord, Problem, _empty_boxes
+from singleshot.data.records import ImageInfo, ImageRecord, Problem, RecordTable
 from singleshot.errors import UserError
 
 
@@ -40,7 +40,7 @@ class DetectionDataset(Dataset):
 
     def __init__(
         self,
-        records: list[ImageRecord],
+        records: list[ImageRecord] | RecordTable,
         class_names: list[str],
         *,
         format: str = "",
@@ -65,28 +65,11 @@ class DetectionDataset(Dataset):
         self.exif = exif
         self.coco_category_ids = coco_category_ids
         self.annotation_file = annotation_file
-        counts = [len(r.labels) for r in records]
-        self._offsets = np.zeros(len(records) + 1, dtype=np.int64)
-        np.cumsum(counts, out=self._offsets[1:])
-        m = int(self._offsets[-1])
-        self._paths = np.array([r.path for r in records], dtype=str)
-        self._names = np.array([r.name for r in records], dtype=str)
-        self._image_ids = np.array([r.image_id for r in records], dtype=np.int64)
-        self._sizes = np.array([[r.width or -1, r.height or -1] for r in records], dtype=np.int64).reshape(
-            -1, 2
-        )
-        self._boxes = (
-            np.concatenate([r.boxes for r in records] + [_empty_boxes()]).astype(np.float32).reshape(m, 4)
-        )
-        self._labels = np.concatenate([r.labels for r in records] + [np.zeros(0)]).astype(np.int64)
-        self._difficult = np.concatenate(
-            [r.difficult if r.difficult is not None else np.zeros(n, bool) for r, n in zip(records, counts)]
-            + [np.zeros(0, bool)]
-        ).astype(bool)
-        self._iscrowd = np.concatenate(
-            [r.iscrowd if r.iscrowd is not None else np.zeros(n, bool) for r, n in zip(records, counts)]
-            + [np.zeros(0, bool)]
-        ).astype(bool)
+        table = self._table = RecordTable.from_records(records)
+        self._offsets, self._paths, self._names = table.offsets, table.paths, table.names
+        self._image_ids, self._sizes = table.image_ids, table.sizes
+        self._boxes, self._labels = table.boxes, table.labels
+        self._difficult, self._iscrowd = table.difficult, table.iscrowd
 
     # -- sizes and bookkeeping -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -148,9 +131,8 @@ class DetectionDataset(Dataset):
     def subset(self, indices) -> DetectionDataset:
         """A data set of the images ``indices`` (same classes, format and transform)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        records = [self._record(int(i)) for i in idx]
         return DetectionDataset(
-            records,
+            self._table.select(idx),
             self.class_names,
             format=self.format,
             root=self.root,
@@ -161,21 +143,6 @@ class DetectionDataset(Dataset):
             exif=self.exif,
             coco_category_ids=self.coco_category_ids,
             annotation_file=self.annotation_file,
-        )
-
-    def _record(self, i: int) -> ImageRecord:
-        a, b = self._offsets[i], self._offsets[i + 1]
-        w, h = (int(v) for v in self._sizes[i])
-        return ImageRecord(
-            str(self._paths[i]),
-            int(self._image_ids[i]),
-            str(self._names[i]),
-            self._boxes[a:b],
-            self._labels[a:b],
-            self._difficult[a:b],
-            self._iscrowd[a:b],
-            w if w > 0 else None,
-            h if h > 0 else None,
         )
 
     # -- targets and images ----------------------------------------------------------------------------

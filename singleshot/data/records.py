@@ -1,6 +1,6 @@
 """The plain records every data-set reader produces, and the rules they share.
 
-:class:`ImageRecord` (one image and its objects), :class:`ReadResult` (what a reader returns),
+:class:`ImageRecord` (one image and its objects), :class:`RecordTable` (many, as columns), :class:`ReadResult` (what a reader returns),
 :class:`Problem` (one thing wrong, located), :class:`ImageInfo`, :func:`validate_box` (a box against its
 image), the class-name rules (:func:`check_class_names`, :func:`read_names_file`,
 :func:`names_from_annotations`) and the split names tried when none is given (:func:`pick_split`).
@@ -74,6 +74,111 @@ class ImageRecord:
     source: str = ""
 
 
+@dataclass
+class RecordTable:
+    """Many images' records as columns: one array per field, the objects of all images end to end.
+
+    Image ``i``'s objects are rows ``offsets[i]:offsets[i + 1]`` of ``boxes`` (float32 (m, 4), as in
+    :class:`ImageRecord`), ``labels`` (int64), ``difficult`` and ``iscrowd`` (bool). ``paths``, ``names``
+    (numpy strings), ``image_ids`` (int64) and ``sizes`` (int64 (n, 2) width, height; -1 when not
+    annotated) have a row per image. No Python object per image or box: a large index costs its arrays
+    only, and forked DataLoader workers share its pages (reading them touches no reference counts).
+
+    Also a sequence of :class:`ImageRecord` (``table[i]``, ``len``, iteration), made on demand; the records
+    are views into the arrays.
+    """
+
+    paths: np.ndarray
+    names: np.ndarray
+    image_ids: np.ndarray
+    sizes: np.ndarray
+    offsets: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    iscrowd: np.ndarray
+    source: str = ""
+
+    @classmethod
+    def from_records(cls, records) -> RecordTable:
+        """The table of a list of :class:`ImageRecord` (a table is returned as it is)."""
+        if isinstance(records, RecordTable):
+            return records
+        counts = [len(r.labels) for r in records]
+        offsets = np.zeros(len(records) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        m = int(offsets[-1])
+
+        def flags(name: str) -> np.ndarray:
+            parts = [
+                getattr(r, name) if getattr(r, name) is not None else np.zeros(n, bool)
+                for r, n in zip(records, counts)
+            ]
+            return np.concatenate(parts + [np.zeros(0, bool)]).astype(bool)
+
+        return cls(
+            paths=np.array([r.path for r in records], dtype=str),
+            names=np.array([r.name for r in records], dtype=str),
+            image_ids=np.array([r.image_id for r in records], dtype=np.int64),
+            sizes=np.array([[r.width or -1, r.height or -1] for r in records], dtype=np.int64).reshape(-1, 2),
+            offsets=offsets,
+            boxes=np.concatenate([r.boxes for r in records] + [_empty_boxes()])
+            .astype(np.float32)
+            .reshape(m, 4),
+            labels=np.concatenate([r.labels for r in records] + [np.zeros(0)]).astype(np.int64),
+            difficult=flags("difficult"),
+            iscrowd=flags("iscrowd"),
+            source=records[0].source if records else "",
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> ImageRecord:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i = int(i) % len(self)
+        a, b = self.offsets[i], self.offsets[i + 1]
+        w, h = (int(v) for v in self.sizes[i])
+        return ImageRecord(
+            str(self.paths[i]),
+            int(self.image_ids[i]),
+            str(self.names[i]),
+            self.boxes[a:b],
+            self.labels[a:b],
+            self.difficult[a:b],
+            self.iscrowd[a:b],
+            w if w > 0 else None,
+            h if h > 0 else None,
+            self.source,
+        )
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def select(self, indices) -> RecordTable:
+        """The table of the images ``indices`` (int array or boolean mask), in that order."""
+        idx = np.asarray(indices)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+        starts, counts = self.offsets[idx], np.diff(self.offsets)[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # The object rows of the images chosen: starts[j] + 0 .. counts[j] - 1 for each j.
+        rows = np.repeat(starts - offsets[:-1], counts) + np.arange(int(offsets[-1]), dtype=np.int64)
+        return RecordTable(
+            self.paths[idx],
+            self.names[idx],
+            self.image_ids[idx],
+            self.sizes[idx],
+            offsets,
+            self.boxes[rows],
+            self.labels[rows],
+            self.difficult[rows],
+            self.iscrowd[rows],
+            self.source,
+        )
+
+
 class ImageInfo(NamedTuple):
     """``dataset.image_info(i)``: the image file and the size of the image the targets refer to."""
 
@@ -84,9 +189,10 @@ class ImageInfo(NamedTuple):
 
 @dataclass
 class ReadResult:
-    """What a format reader returns."""
+    """What a format reader returns: ``records`` is a list of :class:`ImageRecord` or (COCO) a
+    :class:`RecordTable`."""
 
-    records: list[ImageRecord]
+    records: list[ImageRecord] | RecordTable
     class_names: list[str]
     problems: list[Problem] = field(default_factory=list)
     normalized: bool = False

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from singleshot.errors import UserError
+
+_STORE_TIMEOUT = timedelta(minutes=30)  # torch's default for the process group
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,30 @@ def setup(device: str | None = None) -> World:
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        dist.init_process_group(backend=backend, **kwargs, **_attempt_store(size))
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank, device=dev)
+
+
+def _attempt_store(size: int) -> dict:
+    """``init_process_group`` arguments that keep a torchrun restart off the keys of the attempt before.
+
+    torchrun's agent serves one store for every attempt of its workers (``TORCHELASTIC_USE_AGENT_STORE``),
+    and the process group's keys are the same each time: a restarted worker could read the address a
+    killed one posted and fail to connect. The keys of attempt ``TORCHELASTIC_RESTART_COUNT`` get their
+    own prefix. Empty (the plain ``env://`` set-up) outside torchrun.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        size,
+        is_master=False,
+        timeout=_STORE_TIMEOUT,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"singleshot/attempt_{attempt}", store)
+    return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": size}
 
 
 def teardown() -> None:

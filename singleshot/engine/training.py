@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from singleshot.engine import distributed
+from singleshot.engine import distributed, run_lock
 from singleshot.engine.config import OPTIMIZERS, TrainConfig, default_lr, default_optimizer, option_name
 from singleshot.engine.distributed import World
 from singleshot.engine.ema import WeightAverage, run_average
@@ -153,8 +153,19 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train (or continue) the run; returns what it did. See the module docstring."""
-        if not self.overwrite:  # every rank looks before any can write: they all see the same folder
+        """Train (or continue) the run; returns what it did. See the module docstring.
+
+        The run folder is locked while it runs (:mod:`~singleshot.engine.run_lock`); restarted by torchrun,
+        the run continues from the ``last.pt`` it wrote before.
+        """
+        with run_lock.lock_run_folder(self.config.out, self.world):
+            restart = run_lock.resume_after_restart(self.config.out, self.resume, self.world, self._say)
+            if restart.resume != self.resume:  # the checkpoint holds the weights --weights gave
+                self.resume, self.config = restart.resume, dataclasses.replace(self.config, weights=None)
+            return self._fit(own_files=restart.own_files)
+
+    def _fit(self, own_files: bool) -> TrainResult:
+        if not (self.overwrite or own_files):  # every rank looks before any writes: all see the same folder
             _refuse_existing_run(self.config.out, self.resume)
         distributed.barrier(self.world)
         checkpoint = self._prepare()
