@@ -35,42 +35,7 @@ _DEFAULTS = TrainConfig()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS  # an option not given leaves the config file's (or the default) value
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        metavar="PATH",
-        action="append",
-        default=S,
-        help="a VOC root, COCO instances JSON or YOLO folder (required unless in --config); repeat it to "
-        "train on the union of data sets with the same class names (--data VOC2007 --data VOC2012)",
-    )
-    data.add_argument(
-        "--format", choices=("voc", "coco", "yolo"), default=S, help="data format (default: detected)"
-    )
-    data.add_argument(
-        "--train-split", metavar="NAME", default=S, help="training split (default: trainval, else train)"
-    )
-    data.add_argument(
-        "--val-data",
-        metavar="PATH",
-        action="append",
-        default=S,
-        help="validate on this VOC, COCO or YOLO data set (the classes of --data), not a split of --data; "
-        "repeatable",
-    )
-    data.add_argument(
-        "--val-split",
-        metavar="NAME",
-        default=S,
-        help="split of --val-data (else of --data) to validate on, or 'none' (default: test, else val; "
-        "when there is neither: all of --val-data, or no validation)",
-    )
-    data.add_argument(
-        "--skip-invalid",
-        action="store_true",
-        default=S,
-        help="leave broken images and objects out instead of stopping (see singleshot check-data)",
-    )
+    _add_data_arguments(parser.add_argument_group("data"), S)
     model = parser.add_argument_group("model and recipe")
     model.add_argument(
         "--model",
@@ -163,6 +128,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seed of weights, order, augmentation (default: {_DEFAULTS.seed})",
     )
     _add_run_arguments(parser.add_argument_group("run"))
+
+
+def _add_data_arguments(data, S) -> None:
+    data.add_argument(
+        "--data",
+        metavar="PATH",
+        action="append",
+        default=S,
+        help="a VOC root, COCO instances JSON or YOLO folder (required unless in --config); repeat it to "
+        "train on the union of data sets with the same class names (--data VOC2007 --data VOC2012)",
+    )
+    data.add_argument(
+        "--format", choices=("voc", "coco", "yolo"), default=S, help="data format (default: detected)"
+    )
+    data.add_argument(
+        "--train-split", metavar="NAME", default=S, help="training split (default: trainval, else train)"
+    )
+    data.add_argument(
+        "--val-data",
+        metavar="PATH",
+        action="append",
+        default=S,
+        help="validate on this VOC, COCO or YOLO data set (the classes of --data), not a split of --data; "
+        "repeatable",
+    )
+    data.add_argument(
+        "--val-split",
+        metavar="NAME",
+        default=S,
+        help="split of --val-data (else of --data) to validate on, or 'none' (default: test, else val; "
+        "when there is neither: all of --val-data, or no validation)",
+    )
+    data.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        default=S,
+        help="leave broken images and objects out instead of stopping (see singleshot check-data)",
+    )
 
 
 def _add_run_arguments(run) -> None:
