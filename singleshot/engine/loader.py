@@ -156,25 +156,6 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def step_threads(device: torch.device, workers: int):
-    """Within the block, the intra-op threads of a CPU training step beside ``workers`` loader workers.
-
-    The step's threads and the workers run at the same time; more step threads than the cores the workers
-    leave free make them wait on each other at every operator (on 2 cores, 2 step threads beside 1 worker
-    trained about a third slower than 1 thread). Unchanged on a GPU, or when ``OMP_NUM_THREADS`` is set
-    (torchrun sets it); the earlier count is restored on leaving.
-    """
-    before = torch.get_num_threads()
-    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores - workers))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
 def workers_stopped_after(loader: DataLoader):
     """Stop ``loader``'s persistent worker processes on leaving, error or not, rather than whenever the
     loader is garbage-collected (a traceback that holds the training frame would keep them alive)."""

@@ -45,7 +45,6 @@ from singleshot.engine.loader import (
     EpochBatches,
     default_workers,
     make_loader,
-    step_threads,
     workers_stopped_after,
 )
 from singleshot.engine.recipe import adapt_config, epochs_in_budget, validation_interval
@@ -179,8 +178,7 @@ class Trainer:
         self._open_run_folder(run, data.train)
 
         interrupted = False
-        threads = step_threads(self.world.device, self.config.workers)
-        with _stop_on_signals(self), workers_stopped_after(run.loader), threads:
+        with _stop_on_signals(self), workers_stopped_after(run.loader):
             while not interrupted and state.epoch < self.config.epochs:
                 interrupted = self._train_epoch(run, state) or self._end_epoch(run, state, data)
         return self._finish(run, state, interrupted)
