@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from singleshot.commands.evaluate import add_runtime_argument
 from singleshot.errors import UserError
 from singleshot.files import atomic_write, write_text_atomic
 
@@ -55,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",
-        help="a checkpoint written by 'singleshot train', or torchvision:NAME (COCO)",
+        help="a checkpoint written by 'singleshot train', torchvision:NAME (COCO), or an .onnx file "
+        "written by 'singleshot export'",
     )
     parser.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or directories")
     parser.add_argument(
@@ -83,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DEVICE",
         help="auto, cpu, cuda or cuda:N (default: auto: cuda if available)",
     )
+    add_runtime_argument(parser)
     parser.add_argument(
         "--no-draw", dest="draw", action="store_false", help="write detections.json only, no annotated images"
     )
@@ -270,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from singleshot.models.sources import load_source
+    from singleshot import runtime
 
     if not 0.0 <= args.score_threshold < 1.0:
         raise UserError(f"--score-threshold {args.score_threshold} is outside [0, 1); try 0.3.")
@@ -279,11 +282,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     files, failures = find_images(args.inputs, recursive=args.recursive, skip=out)
-    model = load_source(args.checkpoint, map_location="cpu").to(device).eval()
     # NMS never lets a lower score suppress a higher one, so thresholding before NMS gives the same
     # detections above the threshold as thresholding after it, and is faster.
-    model.score_threshold = max(float(model.score_threshold), args.score_threshold)
-    class_names = list(model.class_names)
+    engine = runtime.load(
+        args.checkpoint, runtime=args.runtime, device=device, score_threshold=args.score_threshold
+    )
+    class_names = list(engine.class_names)
     _make_out_dir(out)
 
     def report(name: str, reason: str) -> None:
@@ -311,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
             if not batch:
                 continue
             with torch.inference_mode():
-                detections = model.predict([image for _, _, image in batch])
+                detections = engine.predict([image for _, _, image in batch])
             for (file, name, image), det in zip(batch, detections):
                 det = {k: v.cpu() for k, v in det.items()}
                 if args.draw:
