@@ -77,7 +77,8 @@ def _version(package: str) -> str | None:
 def choose_runtime(runtime: str, device: torch.device | str = "cpu", *, graph: bool = False) -> str:
     """The runtime ``runtime`` stands for on ``device``: ``"auto"`` is PyTorch on a GPU and the first
     installed of :data:`AUTO_ORDER` on the CPU (PyTorch when none is); an exported graph (``graph``) always
-    needs a graph runtime. Raises :class:`UserError` for an unknown or missing runtime."""
+    needs a graph runtime and runs on the CPU whatever ``device``. Raises :class:`UserError` for an unknown
+    or missing runtime."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
     device = torch.device(device)
@@ -100,7 +101,7 @@ def choose_runtime(runtime: str, device: torch.device | str = "cpu", *, graph: b
             f"--runtime {runtime} is not installed (or onnx/onnxscript are missing for the export); run: "
             f"pip install 'singleshot[{'openvino' if runtime == 'openvino' else 'export'}]'"
         )
-    if runtime != "torch" and device.type != "cpu":
+    if runtime != "torch" and device.type != "cpu" and not graph:
         raise UserError(f"--runtime {runtime} runs on the CPU here; use --device cpu or --runtime torch.")
     return runtime
 
