@@ -311,7 +311,8 @@ class GraphEngine:
 
     def predict(self, images: Sequence) -> list[dict[str, Tensor]]:
         """As :meth:`singleshot.models.SSD.predict`: images of any sizes (tensors, PIL images or arrays) ->
-        one dict per image, ``"boxes"`` Tensor[K, 4] xyxy in that image's pixels, ``"scores"``, ``"labels"``."""
+        one dict per image, ``"boxes"`` Tensor[K, 4] xyxy in that image's pixels, ``"scores"``,
+        ``"labels"``."""
         from singleshot.data.images import as_image_tensor
 
         images = [as_image_tensor(im) for im in images]
