@@ -114,6 +114,7 @@ def test_cli_export_int8_reports_speed_and_map(tmp_path, capsys):
     assert "int8" in out and "mAP" in out and "x)" in out
     report = json.loads((tmp_path / "best.int8.json").read_text())
     assert report["calibration_images"] == 4 and report["validation_images"] > 0
+    assert report["path"] == str(tmp_path / "best.int8.onnx")
     assert report["speed_up"] == pytest.approx(
         report["float32"]["ms_per_image"] / report["int8"]["ms_per_image"]
     )

@@ -181,7 +181,7 @@ def _export_int8(model, out: Path, args: argparse.Namespace, opset: int) -> int:
         batches = _calibration_batches(args.calibration_data, model.image_size, args.calibration_images)
         quantize_int8(float_path, out, batches)
         print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, int8, opset {opset})")
-        report = {"int8": str(out), "calibration_data": str(args.calibration_data)}
+        report = {"path": str(out), "calibration_data": str(args.calibration_data)}
         report["calibration_images"] = len(batches)
         threads = torch.get_num_threads()
         for name, path in (("float32", float_path), ("int8", out)):
