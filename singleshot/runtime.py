@@ -14,8 +14,9 @@ OpenVINO, behind one ``predict``.
 - ``"onnxruntime"`` / ``"openvino"``: the graph of :func:`singleshot.export.export_onnx` with float32
   input in [0, 1]; images are resized in float exactly as ``SSD.predict`` resizes them, so detections equal
   PyTorch's up to float32 rounding (tested);
-- ``"auto"``: on a GPU PyTorch; on the CPU the first installed of :data:`AUTO_ORDER`, the fastest on the
-  zoo's models at batch 1 and 8 in ``singleshot bench`` (docs/benchmarks.md).
+- ``"auto"``: on a GPU PyTorch; on the CPU the first installed of :data:`AUTO_ORDER` (onnxruntime, then
+  OpenVINO), PyTorch when neither is: a rule from measurements (docs/benchmarks.md, "Runtimes and int8"):
+  both graph runtimes beat ``model.predict`` on the CPU, and onnxruntime was as fast as OpenVINO or faster.
 
 The graph for a checkpoint is exported once and cached in :func:`cache_dir` (``$SINGLESHOT_CACHE``, else
 ``$XDG_CACHE_HOME/singleshot/graphs``, else ``~/.cache/singleshot/graphs``) under a name keyed by a hash of
@@ -50,7 +51,7 @@ from singleshot.errors import UserError
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
-AUTO_ORDER = ("openvino", "onnxruntime")  # CPU preference of "auto" (measured; see the module docstring)
+AUTO_ORDER = ("onnxruntime", "openvino")  # CPU preference of "auto" (measured; see docs/benchmarks.md)
 CACHE_ENV = "SINGLESHOT_CACHE"
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SSD -> {(runtime, ...): (key, engine)}
 
