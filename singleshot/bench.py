@@ -257,6 +257,107 @@ def bench_predict(device: torch.device, *, batches=(1, 8), repeats: int = 3, war
     return rows
 
 
+def _zoo_model(name: str, num_classes: int = 21):
+    """A zoo model with random weights whose class head is tamed as in :func:`_same_weights_pair` (a trained
+    detector's few candidates instead of every prior passing the score threshold)."""
+    from singleshot.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=num_classes).eval()
+    with torch.no_grad():
+        for conv in model.head.classification.modules():
+            if (
+                isinstance(conv, torch.nn.Conv2d)
+                and conv.bias is not None
+                and conv.out_channels % num_classes == 0
+            ):
+                conv.weight.mul_(0.25)
+                conv.bias.mul_(0.25).view(-1, num_classes)[:, 0] += 7.5
+    return model
+
+
+def bench_runtimes(
+    device: torch.device, *, models=None, batches=(1, 8), threads: int = 2, repeats: int = 3, warmup: int = 1
+) -> list[Row]:
+    """Each zoo model's ``model.predict`` (PyTorch) against its exported graph (:mod:`singleshot.runtime`,
+    decoding and NMS inside) in onnxruntime and OpenVINO when installed, on identical weights and images at
+    the network size, ``threads`` CPU threads. On a GPU, ``model.predict`` runs there (under float16 autocast,
+    as ``--runtime auto`` does) and the graph runtimes on the CPU."""
+    from singleshot import runtime
+    from singleshot.models import list_models
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        for name in models or list_models():
+            model = _zoo_model(name)
+            torch_engine = runtime.TorchEngine(model.to(device))
+            graphs = [
+                (r, runtime.load(model.cpu(), runtime=r, threads=threads))
+                for r in runtime.installed_runtimes()
+                if r != "torch"
+            ]
+            model.to(device)
+            for batch in batches:
+                g = torch.Generator().manual_seed(batch)
+                images = [
+                    torch.randint(0, 256, (3, *model.image_size), generator=g, dtype=torch.uint8)
+                    for _ in range(batch)
+                ]
+                on_device = [im.to(device) for im in images]
+                for r, engine in graphs:
+                    with torch.inference_mode():
+                        t_ours, t_theirs = time_pair(
+                            lambda t=torch_engine, x=on_device: t.predict(x),
+                            lambda engine=engine, x=images: engine.predict(x),
+                            repeats=repeats,
+                            warmup=warmup,
+                            device=device,
+                        )
+                    label = f"{name} predict, batch {batch}, {threads} threads (per batch)"
+                    rows.append(Row(label, t_ours, t_theirs, goal=1.0, reference=r, images=batch))
+    finally:
+        torch.set_num_threads(old_threads)
+    return rows
+
+
+def bench_int8(
+    *, name: str = "ssd300_vgg16", threads: int = 2, calibration_images: int = 16, repeats: int = 5
+) -> Row:
+    """onnxruntime: the int8 graph of ``singleshot export --int8`` (calibrated here on random images, which
+    serves speed, not accuracy) against its float32 graph, batch 1, ``threads`` threads. mAP is reported by
+    ``export --int8`` itself on a validation split."""
+    import tempfile
+    from pathlib import Path
+
+    from singleshot import runtime
+    from singleshot.export import export_onnx, quantize_int8
+
+    model = _zoo_model(name)
+    g = torch.Generator().manual_seed(5)
+    batches = [
+        torch.randint(0, 256, (1, 3, *model.image_size), generator=g, dtype=torch.uint8).numpy()
+        for _ in range(calibration_images)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = export_onnx(model, Path(tmp) / "float32.onnx")
+        int8_path = quantize_int8(float_path, Path(tmp) / "int8.onnx", batches)
+        t_float = runtime.seconds_per_batch(
+            runtime.GraphEngine(float_path, "onnxruntime", threads=threads), repeats=repeats
+        )
+        t_int8 = runtime.seconds_per_batch(
+            runtime.GraphEngine(int8_path, "onnxruntime", threads=threads), repeats=repeats
+        )
+    return Row(
+        f"{name} int8 vs float32 graph, onnxruntime, batch 1, {threads} threads",
+        t_int8,
+        t_float,
+        goal=1.5,
+        reference="float32 graph",
+    )
+
+
 def bench_train_step(device: torch.device, *, batch: int = 8, repeats: int = 2, warmup: int = 1) -> Row:
     """One SGD step of SSD300 (forward, loss, backward, step) at 300x300, same starting weights; both sides
     match the targets inside the step (singleshot's trainer does it in the data-loader workers instead).
@@ -364,14 +465,47 @@ def machine_description(device: torch.device) -> str:
     except OSError:
         pass
     threads = torch.get_num_threads()
+    flags = _cpu_flags()
     text = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})"
+        f"{cpu}, {os.cpu_count()} cores, "
+        + (
+            "AVX-512 (VNNI), "
+            if "avx512_vnni" in flags
+            else "AVX-512, "
+            if "avx512f" in flags
+            else "no AVX-512, "
+        )
+        + f"torch {torch.__version__} ({threads} thread{'s' * (threads != 1)})"
+        + "".join(f", {name} {version}" for name, version in _runtime_versions())
     )
     if hasattr(os, "getloadavg"):  # other work on the machine slows both sides, unevenly: say how busy it was
         text += f", load average {os.getloadavg()[0]:.1f} at the end"
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _runtime_versions() -> list[tuple[str, str]]:
+    import importlib.metadata
+
+    found = []
+    for name in ("onnxruntime", "openvino"):
+        try:
+            found.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def format_table(rows: list[Row], device: torch.device, *, kept_freed_memory: bool = False) -> str:

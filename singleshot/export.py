@@ -30,8 +30,10 @@ The ONNX ``NonMaxSuppression`` op does SSD's class-wise NMS in one node because 
 all classes: boxes ``[B, P, 4]`` with scores ``[B, C-1, P]``. In PyTorch the same step is the custom op
 ``singleshot::multiclass_nms`` (torchvision's ``batched_nms`` per image and class), which the exporter
 translates to that node. Export uses the torch.export-based ("dynamo") exporter with opset 18 by default.
-The model's metadata (``metadata_props``) records the class names, the input size, the box format and the
-post-processing settings.
+The model's metadata (``metadata_props``) records the class names, the input size and type, the box format,
+the resize's antialiasing and the post-processing settings: :mod:`singleshot.runtime` runs a graph from its
+metadata alone. ``input_dtype="float32"`` makes ``images`` float32 in [0, 1] instead of uint8 (what the
+runtime cache exports, so that images resized in float reach the network unrounded).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 17  # 17 goes through the ONNX version converter; the exporter writes 18 natively
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "batch_index")
 RAW_OUTPUTS = ("boxes", "scores")
+INPUT_DTYPES = ("uint8", "float32")
 _INT64_MAX = 2**63 - 1
 
 
@@ -190,15 +193,19 @@ class DetectionGraph(nn.Module):
         return det_boxes[keep], det_scores[keep], class_idx[keep] + 1, image_idx[keep]
 
 
-def metadata(model: nn.Module, graph: DetectionGraph) -> dict[str, str]:
+def metadata(model: nn.Module, graph: DetectionGraph, input_dtype: str = "uint8") -> dict[str, str]:
     """What a deployer needs to use the exported model, as ONNX ``metadata_props`` strings."""
     height, width = (int(s) for s in model.image_size)
+    values = "0..255" if input_dtype == "uint8" else "in [0, 1]"
     props = {
         "singleshot_version": __version__,
+        "arch": str(getattr(model, "arch", type(model).__name__)),
         "class_names": json.dumps(list(model.class_names)),
-        "input": f"images: uint8 [batch, 3, {height}, {width}] RGB, resized to {height}x{width}; "
-        "normalised inside the graph",
+        "input": f"images: {input_dtype} [batch, 3, {height}, {width}] RGB {values}, resized to "
+        f"{height}x{width}; normalised inside the graph",
+        "input_dtype": input_dtype,
         "image_size": json.dumps([height, width]),
+        "antialias": json.dumps(bool(getattr(model, "antialias", True))),
         "mean": json.dumps([float(m) for m in model.mean]),
         "std": json.dumps([float(s) for s in model.std]),
     }
@@ -227,6 +234,7 @@ def export_onnx(
     nms_threshold: float | None = None,
     candidates_per_class: int | None = None,
     max_detections: int | None = None,
+    input_dtype: str = "uint8",
 ) -> Path:
     """Write ``model`` and its post-processing to an ONNX file (see the module docstring for the graph).
 
@@ -237,6 +245,7 @@ def export_onnx(
         dynamic_batch: a free batch dimension; False fixes it at 1.
         postprocess: include NMS (outputs boxes/scores/labels/batch_index) or stop before it.
         score_threshold, nms_threshold, candidates_per_class, max_detections: override the model's.
+        input_dtype: ``"uint8"`` (0..255) or ``"float32"`` (in [0, 1]) images.
 
     Returns:
         The path written.
@@ -260,6 +269,8 @@ def export_onnx(
         max_detections=max_detections,
     )
     _check_settings(graph)
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
     path = Path(path)
     _prepare_output(path)
 
@@ -267,7 +278,7 @@ def export_onnx(
     graph.eval().cpu()
     try:
         height, width = (int(s) for s in model.image_size)
-        example = torch.zeros(2 if dynamic_batch else 1, 3, height, width, dtype=torch.uint8)
+        example = torch.zeros(2 if dynamic_batch else 1, 3, height, width, dtype=getattr(torch, input_dtype))
         names = DETECTION_OUTPUTS if postprocess else RAW_OUTPUTS
         dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
         with torch.no_grad():
@@ -288,7 +299,7 @@ def export_onnx(
 
     proto = program.model_proto
     _name_dims(proto, postprocess, dynamic_batch)
-    for key, value in metadata(model, graph).items():
+    for key, value in metadata(model, graph, input_dtype).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = f"singleshot SSD ({model.num_classes - 1} classes); see metadata_props"
@@ -335,3 +346,91 @@ def _save(proto, path: Path, onnx) -> None:
         atomic_write(path, lambda f: onnx.save_model(proto, f, format="protobuf"))
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out.") from None
+
+
+def network_nodes(proto) -> tuple[set[str], set[str]]:
+    """The node names of the network part of a detection graph and of its last convolutions.
+
+    The last convolutions are the head's (their outputs are reshaped into ``[B, P, ...]``); the network is
+    them and every node they depend on. The rest of the graph is decoding and NMS.
+
+    Returns:
+        ``(network, head)``: sets of node names.
+    """
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    head = {
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "Conv" and any(c.op_type == "Reshape" for c in consumers.get(node.output[0], []))
+    }
+    network, stack = (
+        set(),
+        [producer[out] for node in proto.graph.node if node.name in head for out in node.output],
+    )
+    while stack:
+        node = stack.pop()
+        if node.name in network:
+            continue
+        network.add(node.name)
+        stack.extend(producer[name] for name in node.input if name in producer)
+    return network, head
+
+
+def quantize_int8(float_path: str | os.PathLike, path: str | os.PathLike, calibration) -> Path:
+    """Static int8 quantisation of a detection graph's network with onnxruntime's tools: QDQ, per-channel
+    int8 weights, uint8 activations, MinMax calibration on ``calibration``. The head's last convolutions
+    (whose outputs are the class logits and box offsets), decoding and NMS stay in float32.
+
+    Args:
+        float_path: a graph of :func:`export_onnx` (with NMS).
+        path: the int8 ``.onnx`` to write; written whole or not at all.
+        calibration: an iterable of input batches, numpy arrays of the graph's input dtype [B, 3, H, W].
+
+    Returns:
+        The path written.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, batches):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    path = Path(path)
+    _prepare_output(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        proto = onnx.load(str(prepared))
+        network, head = network_nodes(proto)
+        excluded = [n.name for n in proto.graph.node if n.name not in network or n.name in head]
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(out),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+        )
+        quantized = onnx.load(str(out))
+        original = onnx.load(str(float_path), load_external_data=False)
+        del quantized.metadata_props[:]
+        quantized.metadata_props.extend(original.metadata_props)
+        entry = quantized.metadata_props.add()
+        entry.key, entry.value = "quantization", "int8 QDQ: per-channel int8 weights, uint8 activations"
+        _save(quantized, path, onnx)
+    return path

@@ -8,6 +8,8 @@
   can be tied between two objects; ``n_i`` is in 0..max_boxes and the first image has at least one box.
 - ``umask_022``: the process umask set to ``0o022`` for the test (and put back after it), so that the
   permissions of the files a test writes are known: ``0o644`` for a normal file.
+- every test: ``$SINGLESHOT_CACHE`` (the graphs ``singleshot.runtime`` exports for ``--runtime auto``) is
+  a temporary folder shared by the session, never the user's cache.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ def _separated_boxes(rng: torch.Generator, num_images: int, max_boxes: int) -> l
 @pytest.fixture
 def separated_boxes():
     return _separated_boxes
+
+
+@pytest.fixture(scope="session")
+def _graph_cache_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("graph-cache")
+
+
+@pytest.fixture(autouse=True)
+def _graph_cache(_graph_cache_folder, monkeypatch):
+    monkeypatch.setenv("SINGLESHOT_CACHE", str(_graph_cache_folder))
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ examples:
   singleshot bench --device cuda --no-write # GPU rows, printed only
   singleshot bench --threads 1              # one CPU thread: steadier when other work shares the machine
   singleshot bench --keep-freed-memory --no-write  # both sides with the commands' malloc setting
+  singleshot bench --rows runtimes,int8 --threads 2  # zoo models: predict vs onnxruntime / OpenVINO; int8
 """
 
-ROWS = ("loss", "post", "predict", "train", "data", "coco")
+ROWS = ("loss", "post", "predict", "train", "data", "coco", "runtimes", "int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         "train": lambda: [bench.bench_train_step(device, **kw)],
         "data": lambda: bench.bench_data(train_seconds_per_image=_train_seconds_per_image(results), **kw),
         "coco": lambda: [bench.bench_coco(**kw)],
+        "runtimes": lambda: bench.bench_runtimes(device, threads=args.threads or 2, **kw),
+        "int8": lambda: [bench.bench_int8(threads=args.threads or 2, **kw)],
     }
     for name in rows:
         print(f"measuring {name} ...", flush=True)

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from singleshot.commands.evaluate import add_runtime_argument
 from singleshot.errors import UserError
 from singleshot.files import atomic_write, write_text_atomic
 
@@ -61,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",
-        help="a checkpoint written by 'singleshot train', or torchvision:NAME (COCO)",
+        help="a checkpoint written by 'singleshot train', torchvision:NAME (COCO), or an .onnx file "
+        "written by 'singleshot export'",
     )
     parser.add_argument(
         "inputs", metavar="INPUT", nargs="*", help="image files, directories of images and/or video files"
@@ -96,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DEVICE",
         help="auto, cpu, cuda or cuda:N (default: auto: cuda if available)",
     )
+    add_runtime_argument(parser)
     parser.add_argument(
         "--no-draw", dest="draw", action="store_false", help="write detections.json only, no annotated images"
     )
@@ -295,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from singleshot.models.sources import load_source
+    from singleshot import runtime
 
     if not 0.0 <= args.score_threshold < 1.0:
         raise UserError(f"--score-threshold {args.score_threshold} is outside [0, 1); try 0.3.")
@@ -307,11 +310,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     files, failures = find_images(args.inputs, recursive=args.recursive, skip=out)
     videos, files = _video_sources(files, args.source)  # checks that PyAV is there before the model loads
-    model = load_source(args.checkpoint, map_location="cpu").to(device).eval()
     # NMS never lets a lower score suppress a higher one, so thresholding before NMS gives the same
     # detections above the threshold as thresholding after it, and is faster.
-    model.score_threshold = max(float(model.score_threshold), args.score_threshold)
-    class_names = list(model.class_names)
+    engine = runtime.load(
+        args.checkpoint, runtime=args.runtime, device=device, score_threshold=args.score_threshold
+    )
+    class_names = list(engine.class_names)
     _make_out_dir(out)
 
     def report(name: str, reason: str) -> None:
@@ -339,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
             if not batch:
                 continue
             with torch.inference_mode():
-                detections = model.predict([image for _, _, image in batch])
+                detections = engine.predict([image for _, _, image in batch])
             for (file, name, image), det in zip(batch, detections):
                 det = {k: v.cpu() for k, v in det.items()}
                 if args.draw:
@@ -363,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
         from singleshot.video import detect_videos
 
         video_results, video_failures = detect_videos(
-            model,
+            engine,
             videos,
             out,
             describe=lambda det: _detections_json(det, class_names),

@@ -1,4 +1,5 @@
-"""``singleshot eval``: mean average precision of a checkpoint on a data set split."""
+"""``singleshot eval``: mean average precision of a checkpoint (or an exported ``.onnx`` graph) on a data set
+split, in the runtime of ``--runtime`` (see :mod:`singleshot.runtime`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from singleshot.errors import UserError
 
+RUNTIME_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # singleshot.runtime.RUNTIMES, without torch
 HELP = "evaluate a checkpoint: per-class AP and mAP (VOC07, VOC or COCO), JSON and precision-recall curves"
 
 EXAMPLES = """\
@@ -17,6 +19,8 @@ examples:
   singleshot eval runs/a/best.pt --data VOCdevkit/VOC2007 --metric voc --json runs/a/voc07-test.json
   singleshot eval runs/coco/best.pt --data coco/annotations/instances_val2017.json --plots runs/coco/plots
   torchrun --nproc_per_node 2 -m singleshot eval runs/a/best.pt --data data/shapes   # split over processes
+  singleshot eval model.onnx --data data/shapes                         # the exported graph, as deployed
+  singleshot eval runs/a/best.pt --data data/shapes --runtime openvino  # the checkpoint's cached graph
 
 --json FILE writes {"map", "per_class": {name: AP}, "metric", ...} and the precision-recall curves as
 FILE's name with _pr.png; --plots DIR writes DIR/pr_curves.png.
@@ -27,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="CKPT",
-        help="a checkpoint written by train (RUN/best.pt, RUN/last.pt), or torchvision:NAME (COCO)",
+        help="a checkpoint written by train (RUN/best.pt, RUN/last.pt), torchvision:NAME (COCO), or an "
+        ".onnx file written by export",
     )
     parser.add_argument(
         "--data", metavar="PATH", required=True, help="a VOC root, COCO instances JSON or YOLO folder"
@@ -55,17 +60,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", metavar="D", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
+    add_runtime_argument(parser)
     parser.add_argument("--skip-invalid", action="store_true", help="leave broken images and objects out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
+    """``--runtime auto|torch|onnxruntime|openvino`` (shared with ``detect``)."""
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default="auto",
+        help="torch, or the exported graph in onnxruntime or openvino (cached per checkpoint and settings); "
+        "auto: PyTorch on a GPU, on the CPU the fastest installed (default: auto)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    from singleshot import runtime
     from singleshot.data import default_split, open_dataset
     from singleshot.engine import distributed, predict_dataset
     from singleshot.engine.evaluation import score
     from singleshot.engine.loader import default_workers
     from singleshot.metrics import format_ap_table
     from singleshot.models.sources import load_source
+    from singleshot.runtime import is_graph_file
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give at least 1")
@@ -73,34 +92,52 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers {args.workers}: give 0 or more")
     world = distributed.setup(args.device)
     try:
-        model = load_source(args.checkpoint, map_location="cpu").to(world.device)
+        if is_graph_file(args.checkpoint) or world.size == 1:  # one process: any runtime
+            engine = runtime.load(args.checkpoint, runtime=args.runtime, device=world.device)
+        else:
+            engine = runtime.TorchEngine(load_source(args.checkpoint, map_location="cpu").to(world.device))
         split = args.split or default_split(args.data, "eval", args.format)
         dataset = open_dataset(
             args.data,
             split=split,
             format=args.format,
-            classes=model.class_names,
+            classes=engine.class_names,
             skip_invalid=args.skip_invalid,
         )
         metric = args.metric or ("coco" if dataset.format == "coco" else "voc07")
-        predictions, targets = predict_dataset(
-            model,
-            dataset,
-            batch_size=args.batch_size,
-            workers=default_workers() if args.workers is None else args.workers,
-            world=world,
-            amp=world.device.type == "cuda",
-            progress=not args.no_progress,
-            desc=f"evaluate {split or ''}".strip(),
-        )
+        workers = default_workers() if args.workers is None else args.workers
+        desc = f"evaluate {split or ''}".strip()
+        if engine.runtime == "torch":
+            predictions, targets = predict_dataset(
+                engine.model,
+                dataset,
+                batch_size=args.batch_size,
+                workers=workers,
+                world=world,
+                amp=world.device.type == "cuda",
+                progress=not args.no_progress,
+                desc=desc,
+            )
+        else:
+            predictions, targets = runtime.predict_dataset(
+                engine,
+                dataset,
+                batch_size=args.batch_size,
+                workers=workers,
+                progress=not args.no_progress,
+                desc=desc,
+            )
         if not world.is_main:
             return 0
-        result = score(predictions, targets, dataset, metric, model.class_names)
+        result = score(predictions, targets, dataset, metric, engine.class_names)
     finally:
         distributed.teardown()
 
     where = f"{args.data}" + (f" (split {split})" if split else "")
-    print(f"{args.checkpoint} on {where}: {len(dataset)} image{'s' if len(dataset) != 1 else ''}")
+    print(
+        f"{args.checkpoint} on {where}: {len(dataset)} image{'s' if len(dataset) != 1 else ''} "
+        f"(runtime {engine.runtime})"
+    )
     print(format_ap_table(result))
     for path in write_reports(result, args, len(dataset), split):
         print(f"wrote {path}")
