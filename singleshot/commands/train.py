@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         default=S,
         help="seconds of training that a CPU run without --epochs may take; the recipe sets the epochs from "
-        f"the first epoch's time (default: {_DEFAULTS.time_budget:g}; 0: no limit)",
+        f"the second epoch's time (default: {_DEFAULTS.time_budget:g}; 0: no limit)",
     )
     model.add_argument(
         "--batch-size",

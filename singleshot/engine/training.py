@@ -47,7 +47,7 @@ from singleshot.engine.loader import (
     make_loader,
     workers_stopped_after,
 )
-from singleshot.engine.recipe import adapt_config, epochs_in_budget, validation_interval
+from singleshot.engine.recipe import BUDGET_EPOCH, adapt_config, epochs_in_budget, validation_interval
 from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.schedule import WarmupSchedule
 from singleshot.engine.state import capture_rng, restore_rng, seed_everything, write_csv, write_json
@@ -606,7 +606,7 @@ class Trainer:
         if improved:
             state.best_map = val_map
         state.finish_epoch()
-        if epoch == 0:
+        if epoch == BUDGET_EPOCH:
             self._fit_time_budget(run, record["epoch_time_s"])
         self._save_last(run, state)
         if world.is_main:
@@ -620,14 +620,14 @@ class Trainer:
                 )
         return self._should_stop(True) and state.epoch < self.config.epochs
 
-    def _fit_time_budget(self, run: _Run, first_epoch_s: float) -> None:
-        """Cut the epochs the recipe chose to those that fit ``time_budget`` on this CPU
-        (:func:`singleshot.engine.recipe.epochs_in_budget`), once, after the first epoch; the schedule and
-        the validation interval follow, and the new values go into ``last.pt`` and ``config.json``."""
+    def _fit_time_budget(self, run: _Run, epoch_s: float) -> None:
+        """Cut the epochs the recipe chose to those that fit ``time_budget`` on this CPU at the pace of the
+        epoch :data:`~singleshot.engine.recipe.BUDGET_EPOCH` (:func:`~singleshot.engine.recipe.epochs_in_budget`),
+        once; the schedule and the validation interval follow; ``last.pt`` and ``config.json`` record it."""
         config = self.config
         if "epochs" not in config.recipe or self.world.device.type != "cpu" or self.world.distributed:
             return
-        epochs, why = epochs_in_budget(config.epochs, first_epoch_s, config.time_budget)
+        epochs, why = epochs_in_budget(config.epochs, epoch_s, config.time_budget)
         if why is None:
             return
         recipe = dict(config.recipe, epochs=why)
