@@ -393,7 +393,9 @@ def test_torchvision_weights_offline_is_one_sentence(monkeypatch):
     with pytest.raises(UserError) as info:
         build_model("ssd300_vgg16", 3, backbone_weights="torchvision")
     message = str(info.value)
-    assert "offline" in message and "backbone_weights=PATH" in message and "\n" not in message
+    # one sentence that names the file, the folder to put it in, and the way to train without it
+    assert "vgg16-397923af.pth" in message and "hub/checkpoints" in message and "\n" not in message
+    assert "--backbone-weights none" in message and "name resolution" in message
 
 
 # --- counting and the command --------------------------------------------------------------------
