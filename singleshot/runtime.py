@@ -414,15 +414,16 @@ def predict_dataset(
     from tqdm import tqdm
 
     from singleshot.data import EvalTransform
+    from singleshot.engine.evaluation import EvalSet, collate_eval
 
     loader = DataLoader(
-        _EvalItems(dataset, EvalTransform(engine.image_size)),
+        EvalSet(dataset, EvalTransform(engine.image_size)),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_eval,
     )
     predictions, targets = [], []
-    for images, batch_targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    for images, batch_targets, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         detections = engine.detect(images, [t["orig_size"] for t in batch_targets])
         predictions.extend({k: v.cpu() for k, v in d.items()} for d in detections)
         targets.extend(batch_targets)
@@ -464,28 +465,3 @@ def seconds_per_batch(engine, batch: int = 1, *, repeats: int = 5, warmup: int =
         engine.detect(images, sizes)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-class _EvalItems(torch.utils.data.Dataset):
-    """``(uint8 image resized to the input size, target with "orig_size")`` for each image of ``dataset``."""
-
-    def __init__(self, dataset, transform) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        from singleshot.engine.evaluation import TARGET_KEYS
-
-        image, target = self.dataset[index]
-        height, width = image.shape[-2:]
-        resized, _ = self.transform(image, target)
-        kept = {k: target[k] for k in TARGET_KEYS if k in target}
-        kept["orig_size"] = (int(height), int(width))
-        return resized, kept
-
-
-def _collate(batch):
-    images, targets = zip(*batch)
-    return torch.stack(images), list(targets)

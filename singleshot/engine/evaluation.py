@@ -23,7 +23,7 @@ from singleshot.postprocess import postprocess
 TARGET_KEYS = ("boxes", "labels", "difficult", "iscrowd", "image_id")
 
 
-class _EvalSet(Dataset):
+class EvalSet(Dataset):
     """``(resized image, target in original pixels, index)`` for each image of ``dataset``."""
 
     def __init__(self, dataset, transform) -> None:
@@ -42,7 +42,8 @@ class _EvalSet(Dataset):
         return resized, kept, index
 
 
-def _collate(batch):
+def collate_eval(batch):
+    """``(Tensor[B, 3, H, W], list of targets, list of dataset indices)`` of a batch of :class:`EvalSet` items."""
     images, targets, indices = zip(*batch)
     return torch.stack(images), list(targets), list(indices)
 
@@ -107,10 +108,10 @@ def predict_dataset(
     world = world or World()
     device = next(model.parameters()).device
     loader = DataLoader(
-        _EvalSet(dataset, EvalTransform(model.image_size)),
+        EvalSet(dataset, EvalTransform(model.image_size)),
         batch_size=batch_size,
         sampler=shard(range(len(dataset)), world, pad=False),
-        collate_fn=_collate,
+        collate_fn=collate_eval,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=ignore_stop_signals,  # a signal to the process group stops the caller, not them
