@@ -545,22 +545,7 @@ def _swap_circle_and_square(category):
     category["name"] = {"circle": "square", "square": "circle"}.get(category["name"], category["name"])
 
 
-@pytest.mark.parametrize(
-    ("edit", "what"),
-    [
-        (lambda c: c.update(id=c["id"] + 10), "it gives 'circle' category id 11, --data gives it 1"),
-        (
-            _swap_circle_and_square,
-            "it lists them in another order (square, circle, triangle instead of circle, square, triangle)",
-        ),
-        (
-            lambda c: c.update(name="star" if c["name"] == "triangle" else c["name"]),
-            "it has class 'star' but not class 'triangle'",
-        ),
-    ],
-    ids=["category-ids", "order", "names"],
-)
-def test_val_data_needs_the_same_names_order_and_coco_ids(tmp_path, edit, what):
+def _coco_train_and_val(tmp_path, edit):
     from singleshot.data import synthesize
 
     synthesize(tmp_path / "train", 8, format="coco", image_size=64, seed=1, num_classes=3, splits="train=1")
@@ -568,14 +553,40 @@ def test_val_data_needs_the_same_names_order_and_coco_ids(tmp_path, edit, what):
     train_json = tmp_path / "train" / "annotations" / "instances_train.json"
     val_json = tmp_path / "val" / "annotations" / "instances_val.json"
     _edit_categories(val_json, edit)
+    return train_json, val_json
+
+
+def test_val_data_needs_the_same_class_names(tmp_path):
+    edit = lambda c: c.update(name="star" if c["name"] == "triangle" else c["name"])  # noqa: E731
+    train_json, val_json = _coco_train_and_val(tmp_path, edit)
     message = (
-        f"--val-data {val_json} does not have the classes of --data {train_json}: {what}; validate on data "
-        "with the same classes"
+        f"--val-data {val_json} does not have the classes of --data {train_json}: it has class 'star' but not "
+        "class 'triangle'; validate on data with the same classes"
     )
     with pytest.raises(UserError) as caught:
         _fit(_config(train_json, tmp_path / "r", train_split=None, val_split=None, val_data=str(val_json)))
     assert str(caught.value) == message
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "edit", [lambda c: c.update(id=c["id"] + 10), _swap_circle_and_square], ids=["category-ids", "order"]
+)
+def test_val_data_in_another_order_or_with_other_ids_is_read_by_name(tmp_path, edit):
+    from singleshot.data import open_dataset
+    from singleshot.data.policy import open_training_data
+
+    train_json, val_json = _coco_train_and_val(tmp_path, edit)
+    data = open_training_data(data=str(train_json), val_data=str(val_json), say=lambda _: None)
+    assert list(data.val.class_names) == list(data.train.class_names) == ["circle", "square", "triangle"]
+    own = open_dataset(val_json)  # the file's own numbering
+    for i in range(len(own)):  # every object keeps its class name under the training numbering
+        names = [own.class_names[k - 1] for k in own[i][1]["labels"].tolist()]
+        assert [data.train.class_names[k - 1] for k in data.val[i][1]["labels"].tolist()] == names
+    result = _fit(
+        _config(train_json, tmp_path / "r", train_split=None, val_split=None, val_data=str(val_json))
+    )
+    assert result.best_map is not None
 
 
 def test_config_winograd_reaches_the_model(tmp_path, tiny_voc):

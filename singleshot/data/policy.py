@@ -131,6 +131,9 @@ def _open_val_data(
             )
     val_set = open_dataset(path, split=split, **{**options, "format": format})
     check_same_classes(train_set, val_set, data, val_data)
+    if _needs_renumbering(train_set, val_set):  # the same names in another order, or other COCO ids
+        classes = list(train_set.class_names)
+        val_set = open_dataset(path, split=split, **{**options, "format": format, "classes": classes})
     images = f"{len(val_set)} image{'s' if len(val_set) != 1 else ''}"
     say(f"validating on {images} of {path}" + (f" (split {split})" if split else ""))
     return val_set
@@ -170,24 +173,10 @@ def _name_difference(train: list[str], val: list[str]) -> str | None:
 
 
 def check_same_classes(train_set, val_set: DetectionDataset, data: str, val_data: str) -> None:
-    """UserError unless ``val_set`` has ``train_set``'s classes: the same names in the same order and, when
-    both are COCO data, the same category ids."""
-    train, val = list(train_set.class_names), list(val_set.class_names)
-    what = _name_difference(train, val)
-    if what is None and val != train:
-        what = f"it lists them in another order ({', '.join(val)} instead of {', '.join(train)})"
-    elif (
-        what is None
-        and train_set.format == val_set.format == "coco"
-        and train_set.coco_category_ids != val_set.coco_category_ids
-    ):
-        name, val_id, train_id = next(
-            (n, v, t)
-            for n, v, t in zip(train, val_set.coco_category_ids, train_set.coco_category_ids)
-            if v != t
-        )
-        what = f"it gives {name!r} category id {val_id}, --data gives it {train_id}"
-    elif what is None:
+    """UserError unless ``val_set`` has ``train_set``'s class names (in any order: validation reads them by
+    name, :func:`_needs_renumbering`)."""
+    what = _name_difference(list(train_set.class_names), list(val_set.class_names))
+    if what is None:
         return
     hint = (
         " (a VOC root without classes.txt takes its classes from its annotations)"
@@ -197,6 +186,17 @@ def check_same_classes(train_set, val_set: DetectionDataset, data: str, val_data
     raise UserError(
         f"--val-data {val_data} does not have the classes of --data {data}: {what}; validate on data with "
         f"the same classes{hint}"
+    )
+
+
+def _needs_renumbering(train_set, val_set: DetectionDataset) -> bool:
+    """Whether ``val_set`` (with ``train_set``'s names) numbers its classes otherwise: another order, or, for
+    COCO data, other category ids; it is then read again with the training classes, matched by name."""
+    if list(val_set.class_names) != list(train_set.class_names):
+        return True
+    return (
+        train_set.format == val_set.format == "coco"
+        and train_set.coco_category_ids != val_set.coco_category_ids
     )
 
 
