@@ -294,7 +294,7 @@ class Trainer:
             schedule=config.schedule,
             warmup_steps=min(round(config.warmup_epochs * steps_per_epoch), total_steps),
             warmup_factor=config.warmup_factor,
-            milestones=[round(m * total_steps) for m in config.milestones],
+            milestones=_milestone_steps(config.milestones, total_steps),
             gamma=config.gamma,
             final_factor=config.final_lr_factor,
         )
@@ -319,17 +319,14 @@ class Trainer:
         config, world = self.config, self.world
         if not world.is_main:
             return
-        out = Path(config.out)
-        with _writing(out / "config.json"):
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "config.json", config.to_dict())
+        self._write_config()
         self._say(
             f"training {config.model} ({sum(p.numel() for p in run.core.parameters()) / 1e6:.2f} M "
             f"parameters) on {_plural(len(train_set), 'image')} of {len(train_set.class_names)} "
             f"class{'es' if len(train_set.class_names) != 1 else ''} for "
             f"{_plural(config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
             f"{world.size} x batch {config.batch_size}, {_OPTIMIZER_NAMES.get(config.optimizer, config.optimizer)} lr {config.lr:g}, "
-            f"{world.device}{', AMP' if config.amp else ''}; writing to {out}"
+            f"{world.device}{', AMP' if config.amp else ''}; writing to {config.out}"
         )
         if len(train_set) < config.batch_size * world.size:  # warm-up is counted in steps
             warm = run.schedule.kwargs["warmup_steps"]
@@ -637,12 +634,16 @@ class Trainer:
         self.config = dataclasses.replace(config, epochs=epochs, val_every=val_every, recipe=recipe)
         total = epochs * run.steps_per_epoch
         run.schedule.total_steps = total
-        if "milestones" in run.schedule.kwargs:
-            run.schedule.kwargs["milestones"] = [round(m * total) for m in config.milestones]
-        out = Path(config.out) / "config.json"
-        with _writing(out):
-            write_json(out, self.config.to_dict())
+        run.schedule.kwargs["milestones"] = _milestone_steps(config.milestones, total)
+        self._write_config()
         self._say(f"recipe: epochs {why}")
+
+    def _write_config(self) -> None:
+        """``RUN/config.json``: the configuration as it stands (rank 0 calls it; the folder is made here)."""
+        out = Path(self.config.out)
+        with _writing(out / "config.json"):
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", self.config.to_dict())
 
     def _epoch_record(self, run: _Run, state: RunState, val_map, val_seconds) -> dict:
         """The row of ``metrics.csv`` for the epoch ``state.epoch`` just trained."""
@@ -821,6 +822,11 @@ def _refuse_contradictions(config: TrainConfig, arch: str, size: list, options: 
             raise UserError(
                 f"{option_name(key)} {getattr(config, key)!r} contradicts {source}, which holds {value!r}; {hint}"
             )
+
+
+def _milestone_steps(milestones: list[float], total_steps: int) -> list[int]:
+    """The step numbers of the step schedule's milestones, given as fractions of ``total_steps``."""
+    return [round(m * total_steps) for m in milestones]
 
 
 _OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
