@@ -175,8 +175,44 @@ SETS = {
             max_size=0.5,
         ),
     ),
+    "held-out-e": (
+        "260-420 px portrait, landscape and square, textured and cluttered backgrounds, 4 classes, 3-60 %, "
+        "under 14 px difficult, 3 % background-only",
+        dict(
+            format="voc",
+            images=860,
+            seed=205,
+            image_size="300-420x260-320,260-320x300-420,320x320",
+            shapes=("cross", "pentagon", "heart", "crescent"),
+            background="texture,clutter",
+            min_objects=1,
+            max_objects=7,
+            min_size=0.03,
+            max_size=0.6,
+            difficult_below=14,
+            background_only=0.03,
+        ),
+    ),
+    "held-out-f": (
+        "360-640 px portrait and landscape, photo-like backgrounds, 5 shaded classes, occlusion, 3-55 %",
+        dict(
+            format="coco",
+            images=1150,
+            seed=206,
+            image_size="360-640",
+            shapes=("circle-striped", "arrow", "square-outline", "ellipse", "triangle"),
+            background="photo",
+            shaded=True,
+            occlusion=0.5,
+            occluders=0.3,
+            min_objects=1,
+            max_objects=9,
+            min_size=0.03,
+            max_size=0.55,
+        ),
+    ),
 }
-HELD_OUT = ("held-out-a", "held-out-b", "held-out-c", "held-out-d")
+HELD_OUT = ("held-out-a", "held-out-b", "held-out-c", "held-out-d", "held-out-e", "held-out-f")
 
 
 def describe(name: str) -> dict:

@@ -7,6 +7,7 @@ annotation, boxes outside images whose size the annotation does not give, EXIF o
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,6 +18,8 @@ from tqdm import tqdm
 
 from singleshot.data.images import ImageHeader, exif_transpose_for, inspect_image
 from singleshot.data.records import ImageRecord, Problem, validate_box
+
+_CHUNK = 64  # images per task of the thread pool: one future per image costs more than reading a header
 
 
 def _check_one(
@@ -77,9 +80,13 @@ def check_image_files(
     Returns:
         (the records whose images are fine, the problems found).
     """
+    records = list(records)  # each record made once (a RecordTable makes one per index read)
     workers = min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-        results = pool.map(lambda r: inspect_image(r.path, decode=decode), records, chunksize=16)
+    chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
+    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while reading and decoding
+        results = itertools.chain.from_iterable(
+            pool.map(lambda chunk: [inspect_image(r.path, decode=decode) for r in chunk], chunks)
+        )
         kept, problems = [], []
         rotated: dict[bool, list] = {True: [], False: []}  # EXIF-oriented images by "boxes refer to upright"
         for record, (header, reason) in tqdm(
