@@ -618,3 +618,16 @@ def test_the_loader_workers_end_with_the_run_even_when_it_fails(tmp_path, tiny_v
         Trainer(config, on_step=fail, progress=False).fit()
     # The traceback still holds the training frame (and its loader), yet the worker has ended.
     assert caught.traceback and set(multiprocessing.active_children()) == before
+
+
+@pytest.mark.parametrize(
+    "cores, device, workers",
+    [(1, "cpu", 0), (2, "cpu", 0), (2, "cuda", 1), (3, "cpu", 2), (8, "cpu", 4), (1, "cuda", 0)],
+)
+def test_default_workers_follow_the_cores_and_leave_two_cpu_cores_to_the_step(
+    monkeypatch, cores, device, workers
+):
+    from singleshot.engine import loader
+
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert loader.default_workers(device) == workers

@@ -91,13 +91,17 @@ def model(request):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", GRAPH_RUNTIMES)
-def test_graph_runtimes_predict_what_pytorch_predicts(model, name, cache):
+def test_graph_runtimes_predict_what_pytorch_predicts(model, name, cache, monkeypatch):
     images = _images([(120, 200), (120, 200), tuple(model.image_size), (97, 61)])
     want = model.predict(images)
     engine = runtime.load(model, runtime=name, cache=cache, threads=1)
     assert isinstance(engine, runtime.GraphEngine) and engine.runtime == name
     _assert_same(engine.predict(images), want)
     _assert_same(engine.predict(images[1:2]), want[1:2])  # batch 1
+    # the same choice on the model itself: its graph in the cache folder, the same detections
+    monkeypatch.setenv(runtime.CACHE_ENV, str(cache))
+    _assert_same(model.predict(images, runtime=name), want)
+    assert runtime.load(model, runtime=name).path == engine.path
     # detect: uint8 images already at the input size, boxes in the pixels asked for
     at_size = torch.stack(
         [torch.nn.functional.interpolate(im[None].float(), size=model.image_size)[0] for im in images]

@@ -200,7 +200,7 @@ class Trainer:
             self._check_resume(checkpoint)
             config = self.config = _left_open_from(config, checkpoint["config"])
         if config.workers is None:
-            self.config = dataclasses.replace(config, workers=default_workers())
+            self.config = dataclasses.replace(config, workers=default_workers(self.world.device.type))
         return checkpoint
 
     def _open_data(self):

@@ -33,18 +33,22 @@ class SmallBackbone(nn.Module):
         width: base channel count ``w`` (source maps have ``4w, 8w, 8w, 8w`` channels).
     """
 
-    def __init__(self, width: int = 12) -> None:
+    def __init__(self, width: int = 12, depth: int = 0) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")
+        if depth < 0:
+            raise ValueError(f"depth must be 0 or more, got {depth}")
         w = width
         self.stages = nn.ModuleList(
             [
                 nn.Sequential(
                     _conv_bn_relu(3, w, 2),
                     _conv_bn_relu(w, 2 * w, 2),
+                    *[_conv_bn_relu(2 * w, 2 * w) for _ in range(depth)],
                     _conv_bn_relu(2 * w, 4 * w, 2),
                     _conv_bn_relu(4 * w, 4 * w),
+                    *[_conv_bn_relu(4 * w, 4 * w) for _ in range(depth)],
                 ),
                 nn.Sequential(_conv_bn_relu(4 * w, 8 * w, 2), _conv_bn_relu(8 * w, 8 * w)),
                 _conv_bn_relu(8 * w, 8 * w, 2),

@@ -349,6 +349,7 @@ def ssd_small(
     *,
     image_size: int | Sequence[int] = 192,
     width: int = 16,
+    depth: int = 0,
     scales: Sequence[float] = tuple(SMALL_SCALES),
     aspect_ratios: Sequence[Sequence[float]] = tuple(map(tuple, SMALL_ASPECT_RATIOS)),
     steps: Sequence[float] | None = None,
@@ -364,7 +365,7 @@ def ssd_small(
     if backbone_weights is not None:
         raise UserError("ssd_small has no ImageNet weights; train it from scratch (drop backbone_weights)")
     densities = _densities(densities, len(aspect_ratios), "ssd_small")
-    backbone = SmallBackbone(width)
+    backbone = SmallBackbone(width, depth)
     head = SSDHead(
         backbone.out_channels, boxes_per_cell(aspect_ratios, densities), num_classes, background_prior=0.9
     )
