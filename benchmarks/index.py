@@ -10,7 +10,8 @@ small JPEGs of the annotated size, so that ``check-data --no-decode`` reads real
 from a fresh subprocess:
 
 - ``pycocotools.coco.COCO(file)`` and ``singleshot.data.open_dataset(file)``: wall time and peak RSS
-  (``ru_maxrss``), and the RSS before loading (the interpreter and its imports: torch, for singleshot);
+  (``ru_maxrss``), and the RSS before loading (the interpreter and its imports; singleshot imports torch
+  only once the file is read, so its peak and the loaded torch do not add up);
 - ``python -m singleshot check-data --data FILE --no-decode``: wall time;
 - loader workers: a ``DataLoader`` with 2 workers reads every image's annotation once (an epoch without
   pixels); each worker reports its own PSS and private memory (``/proc/self/smaps_rollup``) after its first

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from singleshot.data import coco, voc, yolo
-from singleshot.data.dataset import DetectionDataset
 from singleshot.data.image_check import check_image_files
 from singleshot.data.records import (
     FORMATS,
@@ -21,6 +21,9 @@ from singleshot.data.records import (
     read_names_file,
 )
 from singleshot.errors import UserError
+
+if TYPE_CHECKING:
+    from singleshot.data.dataset import DetectionDataset
 
 _READERS = {"voc": voc, "coco": coco, "yolo": yolo}
 
@@ -151,6 +154,9 @@ def open_dataset(
             records, decode=check_images == "decode", exif=exif, normalized=result.normalized
         )
         problems += image_problems
+    # torch comes in only now: a COCO file's parsed JSON (the peak of reading it) is gone by then
+    from singleshot.data.dataset import DetectionDataset
+
     dataset = DetectionDataset(
         records,
         result.class_names,

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
 
 from singleshot.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: reading annotations and headers needs none
+    from torch import Tensor
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientations whose upright image has width and height swapped.
@@ -181,6 +182,8 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True) -> Tenso
     Raises:
         UserError: the file is missing, truncated or not an image (one sentence naming it, fit for any caller).
     """
+    import torch
+
     array, _, _ = _decode(path, exif_transpose, None, "upright", None)
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # the one copy, into (3, H, W)
 
@@ -196,8 +199,10 @@ def as_image_tensor(image) -> Tensor:
     Raises:
         TypeError: anything else (one sentence naming what it got and what it takes).
     """
+    import torch
+
     takes = "a PIL image, a numpy uint8 array (H, W, 3) RGB or a tensor [3, H, W]"
-    if isinstance(image, Tensor):
+    if isinstance(image, torch.Tensor):
         if image.dim() == 3 and image.shape[0] == 3:
             return image
         raise TypeError(
@@ -224,6 +229,8 @@ def load_annotated_image(
     Raises:
         UserError: the file is missing, truncated or not an image; the message points to check-data.
     """
+    import torch
+
     array, header, transposed = _decode(path, None, annotated_size, exif, CHECK_DATA_HINT)
     array = np.require(array, requirements="W")  # copies PIL's read-only bytes: the tensor shares this memory
     return torch.from_numpy(array).permute(2, 0, 1), header, transposed
