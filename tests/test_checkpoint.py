@@ -169,6 +169,7 @@ def test_round_trip_keeps_the_resolved_arguments_and_the_priors(tmp_path):
     assert raw["arch_args"] == {
         "image_size": [96, 128],
         "width": 4,
+        "depth": 1,
         "scales": [0.15, 0.3, 0.5, 0.75, 0.95],
         "aspect_ratios": [[2.0], [2.0, 3.0], [2.0, 3.0], [2.0]],
         "steps": None,
@@ -242,10 +243,10 @@ def test_other_default_boxes_than_the_stored_ones_give_one_sentence(tmp_path, mo
 
 def test_version_1_checkpoints_still_load(tmp_path):
     model = _trained_looking(
-        build_model("ssd_small", 3, image_size=(96, 128), width=4, class_names=["a", "b"])
+        build_model("ssd_small", 3, image_size=(96, 128), width=4, depth=0, class_names=["a", "b"])
     )
     data = read_checkpoint(save_checkpoint(tmp_path / "new.pt", model))
-    # Version 1: only the builder arguments the user gave (and image_size), no priors.
+    # Version 1 (ssd_small had no depth then): only the builder arguments the user gave (and image_size), no priors.
     data.update(version=1, arch_args={"width": 4, "image_size": [96, 128]})
     del data["priors"]
     torch.save(data, tmp_path / "old.pt")
@@ -309,3 +310,18 @@ def test_detect_names_a_non_checkpoint_in_one_line(tmp_path, capsys):
         assert words in err and "Traceback" not in err and "weights_only" not in err, err
         assert not caught, [str(w.message) for w in caught]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_from_before_ssd_small_had_depth_rebuilds_without_the_extra_layers(tmp_path):
+    old = build_model("ssd_small", 3, image_size=128, depth=0).eval()
+    data = torch.load(save_checkpoint(tmp_path / "new.pt", old), weights_only=True)
+    assert data["arch_args"]["depth"] == 0
+    del data["arch_args"]["depth"]  # as written before the keyword existed
+    torch.save(data, tmp_path / "old.pt")
+    model = load_checkpoint(tmp_path / "old.pt").eval()
+    assert model.arch_args["depth"] == 0
+    assert build_model("ssd_small", 3).arch_args["depth"] == 1  # the default now
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        for a, b in zip(model(x), old(x)):
+            torch.testing.assert_close(a, b)

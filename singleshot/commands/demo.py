@@ -78,7 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default: 0)")
     parser.add_argument(
-        "--workers", type=int, metavar="N", help="data-loading processes (default: one per spare core)"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="data-loading processes (default: one per spare core, at most 4; none on a CPU of 2 cores or fewer)",
     )
     parser.add_argument("--device", default="auto", metavar="D", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

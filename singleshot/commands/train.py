@@ -201,7 +201,7 @@ def _add_run_arguments(run) -> None:
         type=int,
         metavar="N",
         default=S,
-        help="data-loading processes (default: one per spare core, at most 4)",
+        help="data-loading processes (default: one per spare core, at most 4; none when training on a CPU of 2 cores or fewer)",
     )
     run.add_argument("--device", metavar="D", default=S, help="cpu, cuda, cuda:N or auto (default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")

@@ -195,10 +195,27 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return data
 
 
+def _args_from_weights(arch: str, arch_args: dict, state_dict: dict) -> dict:
+    """Keywords that ``arch_args`` lacks because the builder gained them after the checkpoint was written,
+    read from its weights: ``ssd_small``'s ``depth`` (0 before it existed; its default is 1 now), from the
+    number of convolutions of the first stage (``4 + 2 * depth``)."""
+    if arch != "ssd_small" or "depth" in arch_args:
+        return {}
+    prefix = "backbone.stages.0."
+    convs = {
+        k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix) and k.endswith(".0.weight")
+    }
+    return {"depth": max(0, (len(convs) - 4) // 2)}
+
+
 def model_from_checkpoint(data: dict, source: str = "checkpoint") -> SSD:
     """Rebuild the model of a checkpoint dict (as returned by :func:`read_checkpoint`)."""
     try:
-        model = build_model(data["arch"], data["num_classes"], **data["arch_args"])
+        arch_args = {
+            **_args_from_weights(data["arch"], data["arch_args"], data["state_dict"]),
+            **data["arch_args"],
+        }
+        model = build_model(data["arch"], data["num_classes"], **arch_args)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
     if "priors" in data:  # before the weights: other default boxes usually mean other head shapes too

@@ -1,16 +1,19 @@
 """A small SSD base for CPUs: a narrow VGG-style stack of 3x3 convolution + BatchNorm + ReLU.
 
-Each stride-2 stage halves the map; the source maps sit at strides 8, 16, 32 and 64 (24, 12, 6, 3 cells
-at 192 px) with ``4w, 8w, 8w, 8w`` channels for a base width ``w`` (12 by default: 48, 96, 96, 96)::
+Each stride-2 convolution halves the map; the source maps sit at strides 8, 16, 32 and 64 (24, 12, 6, 3
+cells at 192 px) with ``4w, 8w, 8w, 8w`` channels for a base width ``w``, and ``depth`` more 3x3
+convolutions at strides 4 and 8 (``ssd_small`` builds width 16, depth 1)::
 
-    3 -conv/2-> w -conv/2-> 2w -conv/2-> 4w -conv-> 4w          source 0, stride 8
-                                          -conv/2-> 8w -conv-> 8w  source 1, stride 16
-                                          -conv/2-> 8w             source 2, stride 32
-                                          -conv/2-> 8w             source 3, stride 64
+    3 -conv/2-> w -conv/2-> 2w [-conv-> 2w] x depth
+      -conv/2-> 4w -conv-> 4w [-conv-> 4w] x depth      source 0, stride 8
+      -conv/2-> 8w -conv-> 8w                           source 1, stride 16
+      -conv/2-> 8w                                      source 2, stride 32
+      -conv/2-> 8w                                      source 3, stride 64
 
 BatchNorm lets it train from scratch with a large learning rate; no ImageNet weights exist for it.
-On the demo's shapes, accuracy follows the number of training steps far more than the width, so the
-default is narrow (``docs/models.md`` has the measurements).
+On the demo's plain shapes, accuracy follows the number of training steps far more than the width; on
+textured and cluttered backgrounds, the extra convolutions of ``depth=1`` (receptive field of source 0:
+31 -> 55 px) bought more than extra width (``docs/models.md`` has the measurements).
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ def ssd_small(
     *,
     image_size: int | Sequence[int] = 192,
     width: int = 16,
-    depth: int = 0,
+    depth: int = 1,
     scales: Sequence[float] = tuple(SMALL_SCALES),
     aspect_ratios: Sequence[Sequence[float]] = tuple(map(tuple, SMALL_ASPECT_RATIOS)),
     steps: Sequence[float] | None = None,
@@ -360,7 +360,9 @@ def ssd_small(
 ) -> SSD:
     """A small SSD for CPUs that trains from scratch in minutes: narrow VGG-style + BatchNorm, 192 px.
 
-    4 source maps (strides 8, 16, 32, 64) with ``4w, 8w, 8w, 8w`` channels for ``width`` w; 3x3 heads.
+    4 source maps (strides 8, 16, 32, 64) with ``4w, 8w, 8w, 8w`` channels for ``width`` w; 3x3 heads;
+    ``depth`` more 3x3 convolutions at strides 4 and 8 each (a checkpoint written before the option
+    existed rebuilds with the depth its weights have, 0).
     """
     if backbone_weights is not None:
         raise UserError("ssd_small has no ImageNet weights; train it from scratch (drop backbone_weights)")
