@@ -14,18 +14,24 @@ Readers never raise on bad content: they drop what is broken and describe it as 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from singleshot.data.images import EXIF_MODES, load_annotated_image, read_image_header
 from singleshot.data.records import ImageInfo, ImageRecord, Problem, RecordTable
 from singleshot.errors import UserError
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-class DetectionDataset(Dataset):
+
+class DetectionDataset:
     """Images and their objects, in memory as flat arrays (cheap to share with loader workers).
+
+    A map-style data set for ``torch.utils.data.DataLoader`` (``__len__`` and ``__getitem__``). Opening one
+    imports no torch: the index is numpy arrays, and torch comes in with the first tensor made, so reading
+    an annotation file never holds the parsed file and the loaded torch at once.
 
     Attributes:
         class_names: list of K names, background excluded; label ``i`` is ``class_names[i - 1]``.
@@ -122,6 +128,8 @@ class DetectionDataset(Dataset):
                 sizes[i] = self.image_info(int(i))[1:]
             per_box = np.repeat(sizes, np.diff(self._offsets), axis=0)  # (N, 2): w, h of each box's image
             boxes = boxes / np.tile(per_box, 2)
+        import torch
+
         return torch.from_numpy(np.clip(boxes[keep], 0.0, 1.0).astype(np.float32)).reshape(-1, 4)
 
     def class_counts(self) -> np.ndarray:
@@ -147,6 +155,8 @@ class DetectionDataset(Dataset):
 
     # -- targets and images ----------------------------------------------------------------------------
     def _target(self, i: int, width: int, height: int) -> dict:
+        import torch
+
         a, b = self._offsets[i], self._offsets[i + 1]
         boxes = torch.from_numpy(self._boxes[a:b].copy())
         if self.normalized:
@@ -192,6 +202,8 @@ def collate(batch: list[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
 
     All images of a batch must have the same size (use a transform that resizes).
     """
+    import torch
+
     images = [b[0] for b in batch]
     if len({tuple(im.shape) for im in images}) > 1:
         raise ValueError(

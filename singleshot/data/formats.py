@@ -154,7 +154,6 @@ def open_dataset(
             records, decode=check_images == "decode", exif=exif, normalized=result.normalized
         )
         problems += image_problems
-    # torch comes in only now: a COCO file's parsed JSON (the peak of reading it) is gone by then
     from singleshot.data.dataset import DetectionDataset
 
     dataset = DetectionDataset(
