@@ -211,8 +211,25 @@ SETS = {
             max_size=0.55,
         ),
     ),
+    "held-out-g": (
+        "240-420 px landscape, portrait and square, textured and cluttered backgrounds, 4 classes, 3-60 %, "
+        "under 14 px difficult",
+        dict(
+            format="voc",
+            images=860,
+            seed=207,
+            image_size="320-420x240-320,240-320x320-420,300x300",
+            shapes=("circle", "triangle", "arrow", "l-shape"),
+            background="texture,clutter",
+            min_objects=1,
+            max_objects=6,
+            min_size=0.03,
+            max_size=0.6,
+            difficult_below=14,
+        ),
+    ),
 }
-HELD_OUT = ("held-out-a", "held-out-b", "held-out-c", "held-out-d", "held-out-e", "held-out-f")
+HELD_OUT = ("held-out-a", "held-out-b", "held-out-c", "held-out-d", "held-out-e", "held-out-f", "held-out-g")
 
 
 def describe(name: str) -> dict:
