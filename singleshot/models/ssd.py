@@ -404,16 +404,12 @@ class SSD(nn.Module):
         return torch.cat([self._resize(self.normalize(im[None])) for im in images])
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], *, runtime: str = "torch") -> list[dict[str, Tensor]]:
+    def predict(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """Detections of images of any sizes, with one batched forward pass.
 
         Args:
             images: Tensor[3, h_i, w_i] each, RGB, uint8 (0..255) or float in [0, 1]; or PIL images of any
                 mode, or numpy uint8 arrays (h_i, w_i, 3) RGB (see ``singleshot.data.images.as_image_tensor``).
-            runtime: ``"torch"`` (this module, the reference), or ``"auto"``, ``"onnxruntime"``,
-                ``"openvino"``: the exported graph in that runtime (:func:`singleshot.runtime.load`; ``"auto"``
-                is onnxruntime, then OpenVINO, on the CPU when installed, and PyTorch on a GPU), exported
-                once per state of the weights and settings, detections equal within float32 rounding.
 
         Returns:
             one dict per image: ``"boxes"`` Tensor[K, 4] xyxy in that image's pixels, ``"scores"``
@@ -422,13 +418,6 @@ class SSD(nn.Module):
         """
         from singleshot.data.images import as_image_tensor
 
-        if runtime != "torch":
-            from singleshot import runtime as runtimes
-
-            device = self.priors.device
-            engine = runtimes.load(self, runtime=runtime, device=device)
-            if engine.runtime != "torch":
-                return engine.predict(images)
         images = [as_image_tensor(im) for im in images]
         if not images:
             return []
