@@ -116,35 +116,18 @@ def test_every_image_holds_the_objects_pycocotools_indexes_that_validate_box_kee
     assert numbers == sorted(numbers)
 
 
+COLUMNS = ("paths", "names", "image_ids", "sizes", "offsets", "boxes", "labels", "difficult", "iscrowd")
+
+
 def test_the_index_is_arrays_only_and_its_records_round_trip(tmp_path):
     dataset = open_dataset(_messy_coco(tmp_path, seed=1, num_images=30), skip_invalid=True)
     table = dataset._table
-    for name in (
-        "paths",
-        "names",
-        "image_ids",
-        "sizes",
-        "offsets",
-        "boxes",
-        "labels",
-        "difficult",
-        "iscrowd",
-    ):
+    for name in COLUMNS:
         assert getattr(table, name).dtype != object, name  # no Python object per image or box
     records = list(table)
     assert all(isinstance(r, ImageRecord) for r in records) and len(records) == len(dataset)
     again = RecordTable.from_records(records)
-    for name in (
-        "paths",
-        "names",
-        "image_ids",
-        "sizes",
-        "offsets",
-        "boxes",
-        "labels",
-        "difficult",
-        "iscrowd",
-    ):
+    for name in COLUMNS:
         assert np.array_equal(getattr(again, name), getattr(table, name)), name
     pick = np.array([5, 0, 17, 5])
     chosen = table.select(pick)

@@ -149,16 +149,16 @@ def make_loader(
     )
 
 
-def default_workers(device: str = "cuda") -> int:
+def default_workers(training_on: str | None = None) -> int:
     """Data-loader workers when not given: one per spare core, at most 4; none on a single core, and none
-    when training on a CPU of 2 cores or fewer.
+    when ``training_on`` is ``"cpu"`` and it has 2 cores or fewer (evaluation passes nothing).
 
     On 2 cores the step's two threads and one worker process contend for the cores: the trainer of
     ``ssd_small`` made 54.5 images/s with a worker and 66.7 without on 240-400 px images (decoding and
     augmenting cost 4.3 ms an image in the training process), 50.2 against 52.6 on 360-640 px ones.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device == "cpu" and cores <= 2:
+    if training_on == "cpu" and cores <= 2:
         return 0
     return max(0, min(4, cores - 1))
 
