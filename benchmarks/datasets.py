@@ -228,8 +228,53 @@ SETS = {
             difficult_below=14,
         ),
     ),
+    "held-out-h": (
+        "240-400 px landscape and square, textured and cluttered backgrounds, 4 classes, 3-60 %, under 14 px "
+        "difficult",
+        dict(
+            format="voc",
+            images=860,
+            seed=208,
+            image_size="300-400x240-300,260x260,380x380",
+            shapes=("hexagon-striped", "ellipse", "square-outline", "star"),
+            background="texture,clutter",
+            min_objects=1,
+            max_objects=6,
+            min_size=0.03,
+            max_size=0.6,
+            difficult_below=14,
+        ),
+    ),
+    "held-out-i": (
+        "360-640 px portrait and landscape, photo-like backgrounds, 5 shaded classes, occlusion, 3-55 %",
+        dict(
+            format="coco",
+            images=1150,
+            seed=209,
+            image_size="360-640",
+            shapes=("pentagon", "ring", "triangle-outline", "cross", "diamond"),
+            background="photo",
+            shaded=True,
+            occlusion=0.5,
+            occluders=0.3,
+            min_objects=1,
+            max_objects=8,
+            min_size=0.03,
+            max_size=0.55,
+        ),
+    ),
 }
-HELD_OUT = ("held-out-a", "held-out-b", "held-out-c", "held-out-d", "held-out-e", "held-out-f", "held-out-g")
+HELD_OUT = (
+    "held-out-a",
+    "held-out-b",
+    "held-out-c",
+    "held-out-d",
+    "held-out-e",
+    "held-out-f",
+    "held-out-g",
+    "held-out-h",
+    "held-out-i",
+)
 
 
 def describe(name: str) -> dict:
