@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="S",
         default=S,
-        help="input side in pixels (default: ssd_small's from the object sizes, 192-320; others their own)",
+        help="input side in pixels (default: ssd_small's from the object sizes, 192-256; others their own)",
     )
     model.add_argument(
         "--zoo-boxes",
