@@ -10,7 +10,6 @@ hand-written notes alone.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -306,9 +305,10 @@ def bench_runtimes(
                     for _ in range(batch)
                 ]
                 on_device = [im.to(device) for im in images]
+                graph_times = {}
                 for r, engine in graphs:
                     with torch.inference_mode():
-                        t_ours, t_theirs = time_pair(
+                        t_ours, graph_times[r] = time_pair(
                             lambda t=torch_engine, x=on_device: t.predict(x),
                             lambda engine=engine, x=images: engine.predict(x),
                             repeats=repeats,
@@ -316,10 +316,33 @@ def bench_runtimes(
                             device=device,
                         )
                     label = f"{name} predict, batch {batch}, {threads} threads (per batch)"
-                    rows.append(Row(label, t_ours, t_theirs, goal=1.0, reference=r, images=batch))
+                    rows.append(Row(label, t_ours, graph_times[r], goal=1.0, reference=r, images=batch))
+                if graph_times and device.type == "cpu":
+                    rows.append(
+                        _auto_row(model, name, batch, images, dict(graphs), graph_times, threads, repeats)
+                    )
     finally:
         torch.set_num_threads(old_threads)
     return rows
+
+
+def _auto_row(model, name, batch, images, graphs, graph_times, threads, repeats) -> Row:
+    """The default CPU inference (``runtime.load`` with ``"auto"``: the fastest measured here) against the
+    graph runtime that was the faster in this bench."""
+    from singleshot import runtime
+
+    auto = runtime.load(model, runtime="auto", threads=threads, batch=batch)
+    faster = min(graph_times, key=graph_times.get)
+    with torch.inference_mode():
+        t_auto, t_faster = time_pair(
+            lambda: auto.predict(images),
+            lambda: graphs[faster].predict(images),
+            repeats=repeats,
+            warmup=1,
+            device=torch.device("cpu"),
+        )
+    label = f"{name} predict, runtime auto ({auto.runtime}), batch {batch}, {threads} threads (per batch)"
+    return Row(label, t_auto, t_faster, goal=1.0, reference=f"faster graph runtime ({faster})", images=batch)
 
 
 def bench_int8(
@@ -455,19 +478,12 @@ def bench_data(
 
 
 def machine_description(device: torch.device) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from singleshot.runtime import cpu_name
+
     threads = torch.get_num_threads()
     flags = _cpu_flags()
     text = (
-        f"{cpu}, {os.cpu_count()} cores, "
+        f"{cpu_name()}, "
         + (
             "AVX-512 (VNNI), "
             if "avx512_vnni" in flags

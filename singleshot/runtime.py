@@ -14,9 +14,12 @@ OpenVINO, behind one ``predict``.
 - ``"onnxruntime"`` / ``"openvino"``: the graph of :func:`singleshot.export.export_onnx` with float32
   input in [0, 1]; images are resized in float exactly as ``SSD.predict`` resizes them, so detections equal
   PyTorch's up to float32 rounding (tested);
-- ``"auto"``: on a GPU PyTorch; on the CPU the first installed of :data:`AUTO_ORDER` (onnxruntime, then
-  OpenVINO), PyTorch when neither is: a rule from measurements (docs/benchmarks.md, "Runtimes and int8"):
-  both graph runtimes beat ``model.predict`` on the CPU, and onnxruntime was as fast as OpenVINO or faster.
+- ``"auto"``: on a GPU PyTorch. On the CPU the fastest here of PyTorch and the installed graph runtimes,
+  measured once (:func:`fastest_engine`): no runtime is the fastest for every model and batch size
+  (docs/benchmarks.md, "Runtimes and int8": PyTorch won on SSD300 at batch 8, OpenVINO on SSD512 at batch
+  1, onnxruntime on SSDLite). The choice is kept in ``runtime-choices.json`` of the graph cache, keyed by
+  the graph, the threads, the batch size and the CPU, so a later run loads it without measuring. For an
+  ``.onnx`` file, the first installed of :data:`AUTO_ORDER` (onnxruntime, then OpenVINO).
 
 The graph for a checkpoint is exported once and cached in :func:`cache_dir` (``$SINGLESHOT_CACHE``, else
 ``$XDG_CACHE_HOME/singleshot/graphs``, else ``~/.cache/singleshot/graphs``) under a name keyed by a hash of
@@ -31,6 +34,7 @@ class names, input size and settings come from its ``metadata_props``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -48,10 +52,15 @@ from torch import Tensor
 
 from singleshot import __version__
 from singleshot.errors import UserError
+from singleshot.files import write_bytes_atomic
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
-AUTO_ORDER = ("onnxruntime", "openvino")  # CPU preference of "auto" (measured; see docs/benchmarks.md)
+AUTO_ORDER = (
+    "onnxruntime",
+    "openvino",
+)  # the graph runtime "auto" takes for an .onnx file, when both are there
+CHOICES_FILE = "runtime-choices.json"
 CACHE_ENV = "SINGLESHOT_CACHE"
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SSD -> {(runtime, ...): (key, engine)}
 
@@ -77,9 +86,9 @@ def _version(package: str) -> str | None:
 
 def choose_runtime(runtime: str, device: torch.device | str = "cpu", *, graph: bool = False) -> str:
     """The runtime ``runtime`` stands for on ``device``: ``"auto"`` is PyTorch on a GPU and the first
-    installed of :data:`AUTO_ORDER` on the CPU (PyTorch when none is); an exported graph (``graph``) always
-    needs a graph runtime and runs on the CPU whatever ``device``. Raises :class:`UserError` for an unknown
-    or missing runtime."""
+    installed of :data:`AUTO_ORDER` on the CPU (PyTorch when none is; :func:`load` then measures which of
+    PyTorch and the graph runtimes is the fastest); an exported graph (``graph``) always needs a graph runtime
+    and runs on the CPU whatever ``device``. Raises :class:`UserError` for an unknown or missing runtime."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}.")
     device = torch.device(device)
@@ -149,15 +158,88 @@ def cached_graph(model, *, opset: int | None = None, cache: str | os.PathLike | 
     folder = Path(cache) if cache is not None else cache_dir()
     path = folder / f"{getattr(model, 'arch', 'ssd')}-{graph_key(model, opset=opset)[:24]}.onnx"
     if not path.is_file():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"cannot create the graph cache {folder} ({exc.strerror or exc}); set {CACHE_ENV} to a "
-                "writable folder."
-            ) from None
+        _make_cache(folder)
         export_onnx(model, path, opset=opset, input_dtype="float32")
     return path
+
+
+def _make_cache(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the graph cache {folder} ({exc.strerror or exc}); set {CACHE_ENV} to a "
+            "writable folder."
+        ) from None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``) and its core count."""
+    import platform
+
+    name = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def fastest_engine(model, *, batch: int = 1, threads: int | None = None, cache=None, measure=None):
+    """The fastest engine for ``model`` (an SSD on the CPU) here at ``batch`` images: PyTorch or a graph
+    runtime, each timed with ``measure(engine, batch)`` (default: :func:`seconds_per_batch`, one warm-up and
+    two timed runs on random images at the input size). The choice and the timings are kept in
+    ``CHOICES_FILE`` of the graph cache under the graph's name, ``threads``, ``batch``, the CPU and the
+    runtime versions, and read from there instead of measuring again. The engine's ``choice`` attribute
+    holds ``{"runtime", "seconds": {runtime: s}, "batch", "measured": bool}``."""
+    threads = torch.get_num_threads() if threads is None else threads
+    candidates = [r for r in installed_runtimes() if r != "torch"]
+    folder = Path(cache) if cache is not None else cache_dir()
+    path = cached_graph(model, cache=folder)
+    versions = ", ".join(f"{r} {_version(r)}" for r in candidates)
+    key = f"{path.stem} | {threads} threads | batch {batch} | {cpu_name()} | torch {torch.__version__}, {versions}"
+    choices = _read_choices(folder / CHOICES_FILE)
+    stored = choices.get(key)
+    if isinstance(stored, dict) and stored.get("runtime") in ("torch", *candidates):
+        engine = _engine(model, stored["runtime"], path, threads)
+        engine.choice = {**stored, "batch": batch, "measured": False}
+        return engine
+    measure = measure or (lambda e, b: seconds_per_batch(e, b, repeats=2, warmup=1))
+    engines = {r: _engine(model, r, path, threads) for r in ("torch", *candidates)}
+    seconds = {r: float(measure(e, batch)) for r, e in engines.items()}
+    best = min(seconds, key=seconds.get)
+    choices[key] = {"runtime": best, "seconds": seconds}
+    with contextlib.suppress(OSError):  # an unwritable cache costs a measurement next time, nothing else
+        write_bytes_atomic(folder / CHOICES_FILE, json.dumps(choices, indent=1, sort_keys=True).encode())
+    engine = engines[best]
+    engine.choice = {"runtime": best, "seconds": seconds, "batch": batch, "measured": True}
+    return engine
+
+
+def _engine(model, runtime: str, path: Path, threads: int):
+    return TorchEngine(model) if runtime == "torch" else GraphEngine(path, runtime, threads=threads)
+
+
+def _read_choices(path: Path) -> dict:
+    """The stored choices of :func:`fastest_engine` (``{}`` when the file is missing or damaged)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_choice(engine) -> str | None:
+    """One sentence on how ``auto`` chose ``engine`` (None when it was not measured by auto)."""
+    choice = getattr(engine, "choice", None)
+    if not choice:
+        return None
+    times = ", ".join(
+        f"{r} {1000 * t:.1f} ms" for r, t in sorted(choice["seconds"].items(), key=lambda x: x[1])
+    )
+    how = "measured now" if choice["measured"] else f"measured before, kept in {CHOICES_FILE}"
+    return f"runtime auto: {choice['runtime']}, the fastest here at batch {choice['batch']} ({times}; {how})"
 
 
 def _state_key(model) -> tuple:
@@ -178,6 +260,7 @@ def load(
     threads: int | None = None,
     score_threshold: float | None = None,
     cache: str | os.PathLike | None = None,
+    batch: int = 1,
 ):
     """An engine with ``predict(images)`` (as :meth:`singleshot.models.SSD.predict`) and ``detect`` for
     ``source`` in ``runtime``.
@@ -190,6 +273,8 @@ def load(
         threads: CPU threads of a graph runtime (default: ``torch.get_num_threads()``).
         score_threshold: keep only scores above the larger of this and the model's (or graph's) own.
         cache: the graph cache folder (default: :func:`cache_dir`).
+        batch: the images per call the caller will run; ``"auto"`` on the CPU measures the runtimes at it
+            (:func:`fastest_engine`).
 
     Returns:
         a :class:`TorchEngine` or a :class:`GraphEngine`.
@@ -214,10 +299,15 @@ def load(
     threads = torch.get_num_threads() if threads is None else threads
     engines = _ENGINES.setdefault(model, {})
     key = _state_key(model)
-    cached = engines.get((chosen, threads, cache))
+    slot = ("auto", threads, cache, batch) if runtime == "auto" else (chosen, threads, cache)
+    cached = engines.get(slot)
     if cached is None or cached[0] != key:
-        path = cached_graph(model, cache=cache)
-        cached = engines[(chosen, threads, cache)] = (key, GraphEngine(path, chosen, threads=threads))
+        model = model.cpu()
+        if runtime == "auto":
+            engine = fastest_engine(model, batch=batch, threads=threads, cache=cache)
+        else:
+            engine = GraphEngine(cached_graph(model, cache=cache), chosen, threads=threads)
+        cached = engines[slot] = (key, engine)
     return cached[1]
 
 
@@ -226,6 +316,7 @@ class TorchEngine:
     CUDA (``amp``, default: on CUDA)."""
 
     runtime = "torch"
+    choice: dict | None = None  # set by fastest_engine
 
     def __init__(self, model, *, amp: bool | None = None) -> None:
         self.model = model
@@ -270,6 +361,8 @@ class GraphEngine:
     ``input_dtype`` (uint8 or float32), ``settings`` (the post-processing settings baked in);
     ``score_threshold`` (the graph's, or higher to drop more) filters the graph's detections.
     """
+
+    choice: dict | None = None  # set by fastest_engine
 
     def __init__(self, path: str | os.PathLike, runtime: str, *, threads: int | None = None) -> None:
         self.path, self.runtime = Path(path), runtime

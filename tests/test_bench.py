@@ -86,6 +86,22 @@ def test_predict_and_train_rows():
     assert train.images == 1
 
 
+@pytest.mark.slow
+def test_runtime_rows_end_with_the_default_auto_path():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from singleshot import runtime
+
+    rows = bench.bench_runtimes(CPU, models=["ssd_small"], batches=(2,), threads=1, repeats=1, warmup=0)
+    graph_rows = [r for r in rows if "runtime auto" not in r.name]
+    assert [r.reference for r in graph_rows] == [r for r in runtime.installed_runtimes() if r != "torch"]
+    (auto,) = [r for r in rows if "runtime auto" in r.name]
+    assert rows[-1] is auto and auto.goal == 1.0 and auto.images == 2
+    assert auto.reference.startswith("faster graph runtime (") and auto.ours > 0 and auto.theirs > 0
+    chosen = auto.name.split("runtime auto (")[1].split(")")[0]
+    assert chosen in runtime.installed_runtimes()
+
+
 def test_table_and_markdown_block(tmp_path):
     rows = [
         bench.Row("fast", 0.001, 0.004, goal=3.0),

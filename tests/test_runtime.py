@@ -160,6 +160,64 @@ def test_auto_keeps_pytorch_on_a_gpu_and_prefers_a_graph_runtime_on_the_cpu(monk
         runtime.choose_runtime("tensorrt", "cpu")
 
 
+@pytest.mark.slow
+def test_auto_on_the_cpu_runs_the_fastest_measured_and_remembers_it(tmp_path, monkeypatch):
+    model = _model(DEFAULT_MODEL)
+    monkeypatch.setattr(runtime, "installed_runtimes", lambda: ["torch", "onnxruntime"])
+    timed = []
+
+    def measure(seconds):
+        def time_it(engine, batch):
+            timed.append((engine.runtime, batch))
+            return seconds[engine.runtime]
+
+        return time_it
+
+    slow_torch = measure({"torch": 0.02, "onnxruntime": 0.01})
+    engine = runtime.fastest_engine(model, batch=4, threads=1, cache=tmp_path, measure=slow_torch)
+    assert isinstance(engine, runtime.GraphEngine) and engine.runtime == "onnxruntime"
+    assert sorted(timed) == [("onnxruntime", 4), ("torch", 4)]
+    assert engine.choice == {
+        "runtime": "onnxruntime",
+        "seconds": {"torch": 0.02, "onnxruntime": 0.01},
+        "batch": 4,
+        "measured": True,
+    }
+    assert "onnxruntime 10.0 ms, torch 20.0 ms; measured now" in runtime.describe_choice(engine)
+
+    # kept in the cache: the same graph, threads and batch are not measured again
+    timed.clear()
+    again = runtime.fastest_engine(model, batch=4, threads=1, cache=tmp_path, measure=slow_torch)
+    assert timed == [] and again.runtime == "onnxruntime" and again.choice["measured"] is False
+    assert "measured before" in runtime.describe_choice(again)
+    # another batch size is measured afresh, and a faster PyTorch wins there
+    fast_torch = measure({"torch": 0.005, "onnxruntime": 0.01})
+    other = runtime.fastest_engine(model, batch=8, threads=1, cache=tmp_path, measure=fast_torch)
+    assert isinstance(other, runtime.TorchEngine) and other.model is model and timed
+    stored = json.loads((tmp_path / runtime.CHOICES_FILE).read_text())
+    assert sorted(v["runtime"] for v in stored.values()) == ["onnxruntime", "torch"]
+    assert all("| 1 threads |" in k for k in stored)
+
+    # a damaged choices file is measured over, never a traceback
+    (tmp_path / runtime.CHOICES_FILE).write_text("{not json")
+    timed.clear()
+    fresh = runtime.fastest_engine(model, batch=4, threads=1, cache=tmp_path, measure=fast_torch)
+    assert fresh.runtime == "torch" and len(timed) == 2
+    assert runtime.describe_choice(runtime.TorchEngine(model)) is None
+
+
+@pytest.mark.slow
+def test_load_auto_measures_on_the_cpu_and_predicts_what_pytorch_predicts(tmp_path):
+    model = _model(DEFAULT_MODEL)
+    images = _images([(120, 200), (97, 61)])
+    want = model.predict(images)
+    engine = runtime.load(model, cache=tmp_path, batch=2, threads=1)
+    assert engine.choice["measured"] and set(engine.choice["seconds"]) == set(runtime.installed_runtimes())
+    assert engine.runtime == min(engine.choice["seconds"], key=engine.choice["seconds"].get)
+    _assert_same(engine.predict(images), want)
+    assert runtime.load(model, cache=tmp_path, batch=2, threads=1) is engine  # one measurement per process
+
+
 def test_the_commands_offer_every_runtime():
     from singleshot.commands.evaluate import RUNTIME_CHOICES
 

@@ -313,10 +313,16 @@ def run(args: argparse.Namespace) -> int:
     # NMS never lets a lower score suppress a higher one, so thresholding before NMS gives the same
     # detections above the threshold as thresholding after it, and is faster.
     engine = runtime.load(
-        args.checkpoint, runtime=args.runtime, device=device, score_threshold=args.score_threshold
+        args.checkpoint,
+        runtime=args.runtime,
+        device=device,
+        score_threshold=args.score_threshold,
+        batch=args.batch_size,
     )
     class_names = list(engine.class_names)
     _make_out_dir(out)
+    if runtime.describe_choice(engine):
+        print(f"singleshot detect: {runtime.describe_choice(engine)}", file=sys.stderr)
 
     def report(name: str, reason: str) -> None:
         tqdm.write(f"singleshot detect: skipped {name}: {reason}", file=sys.stderr)

@@ -72,7 +72,8 @@ def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
         choices=RUNTIME_CHOICES,
         default="auto",
         help="torch, or the exported graph in onnxruntime or openvino (cached per checkpoint and settings); "
-        "auto: PyTorch on a GPU, on the CPU the fastest installed (default: auto)",
+        "auto: PyTorch on a GPU; on the CPU the fastest of them at --batch-size, measured once per model, "
+        "machine and batch size and kept with the cached graphs (default: auto)",
     )
 
 
@@ -93,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     world = distributed.setup(args.device)
     try:
         if is_graph_file(args.checkpoint) or world.size == 1:  # one process: any runtime
-            engine = runtime.load(args.checkpoint, runtime=args.runtime, device=world.device)
+            engine = runtime.load(
+                args.checkpoint, runtime=args.runtime, device=world.device, batch=args.batch_size
+            )
         else:
             engine = runtime.TorchEngine(load_source(args.checkpoint, map_location="cpu").to(world.device))
         split = args.split or default_split(args.data, "eval", args.format)
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.checkpoint} on {where}: {len(dataset)} image{'s' if len(dataset) != 1 else ''} "
         f"(runtime {engine.runtime})"
     )
+    if runtime.describe_choice(engine):
+        print(runtime.describe_choice(engine))
     print(format_ap_table(result))
     for path in write_reports(result, args, len(dataset), split):
         print(f"wrote {path}")
