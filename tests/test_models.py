@@ -223,7 +223,16 @@ def test_background_prior_initialises_the_softmax():
     scores = head(features)[0].softmax(-1)
     torch.testing.assert_close(scores, torch.tensor([0.9, 0.025, 0.025, 0.025, 0.025]).expand(1, 60, 5))
     model = build_model("ssd_small", 3)
-    assert model.head.classification[0].bias.view(-1, 3)[:, 0].tolist() == [pytest.approx(math.log(18))] * 4
+    # p = 0.99 over 2 other classes: b = log(0.99 * 2 / 0.01) = log(198)
+    assert model.head.classification[0].bias.view(-1, 3)[:, 0].tolist() == [pytest.approx(math.log(198))] * 4
+    # the small last weights keep the prior on features of unit scale, not only on zero features
+    torch.manual_seed(0)
+    features = [torch.randn(2, c, 6, 6).relu() for c in model.backbone.out_channels]
+    background = model.head(features)[0].softmax(-1)[..., 0]
+    assert 0.97 < background.min() and abs(background.mean().item() - 0.99) < 0.005
+    xavier = SSDHead([8, 8], [4, 6], 5)  # without a prior: the paper's initialisation, zero biases
+    assert all(float(c.bias.abs().max()) == 0 for c in xavier.classification)
+    assert float(xavier.classification[0].weight.std()) > 0.05
 
 
 def test_channels_last_and_autocast_give_the_same_detections(rng):

@@ -65,8 +65,10 @@ class SSDHead(nn.Module):
         norm_layer: the normalisation of the separable predictors (BatchNorm2d by default).
         background_prior: None: zero biases (the paper). A probability p: the classification biases start
             so that every box scores background with probability p (the other classes share the rest),
-            which spares a network trained from scratch the first steps of learning "background almost
-            everywhere" (the prior initialisation of Lin et al. 2017, for the softmax).
+            and the weights of the last classification convolutions start small (normal, std 0.01), so
+            that the prior holds whatever the features: this spares a network trained from scratch the
+            first steps of learning "background almost everywhere" (the prior initialisation of Lin et
+            al. 2017, for the softmax).
 
     ``forward(features)`` takes the source maps and returns ``cls_logits`` Tensor[B, P, C] and
     ``box_deltas`` Tensor[B, P, 4].
@@ -124,6 +126,7 @@ class SSDHead(nn.Module):
             with torch.no_grad():
                 for layer in self.classification:
                     last = layer if isinstance(layer, nn.Conv2d) else layer[-1]
+                    nn.init.normal_(last.weight, std=0.01)
                     last.bias.view(-1, num_classes)[:, 0] = bias  # (boxes, classes): class 0 of every box
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

@@ -369,7 +369,7 @@ def ssd_small(
     densities = _densities(densities, len(aspect_ratios), "ssd_small")
     backbone = SmallBackbone(width, depth)
     head = SSDHead(
-        backbone.out_channels, boxes_per_cell(aspect_ratios, densities), num_classes, background_prior=0.9
+        backbone.out_channels, boxes_per_cell(aspect_ratios, densities), num_classes, background_prior=0.99
     )
     return SSD(
         backbone,
