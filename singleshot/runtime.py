@@ -468,6 +468,9 @@ def _onnxruntime_runner(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep instead of spinning: spinning ones took the cores from the work that shares the
+    # process (image decoding, PyTorch), which then ran 1.3-1.9x slower (docs/benchmarks.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (name,) = [i.name for i in session.get_inputs()]
 
