@@ -38,6 +38,7 @@ def _model(arch: str, seed: int = 0):
         for head, spread in ((model.head.classification, 1.5), (model.head.regression, 0.5)):
             for conv in head.modules():
                 if isinstance(conv, torch.nn.Conv2d) and conv.bias is not None:
+                    torch.nn.init.xavier_uniform_(conv.weight)  # scores that follow the image
                     conv.bias.normal_(0.0, spread)
     for key, value in SETTINGS.items():
         setattr(model, key, value)

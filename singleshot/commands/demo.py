@@ -22,7 +22,7 @@ HELP = (
 EXAMPLES = """\
 examples:
   singleshot demo                      # about 4 minutes on 2 CPU cores; writes runs/demo/
-  singleshot demo --out /tmp/demo --quick   # a smoke run in seconds (tiny data, 1 epoch): checks the set-up
+  singleshot demo --out /tmp/demo --quick   # a smoke run in seconds (tiny data, 3 epochs): checks the set-up
   singleshot demo --epochs 40          # train longer
 
 writes: OUT/gallery.png (test images with their detections), OUT/curves.png (loss terms, learning rate,
@@ -61,7 +61,7 @@ class DemoRecipe:
 
 
 QUICK = DemoRecipe(
-    images=24, splits="train=0.5,val=0.2,test=0.3", image_side=64, epochs=1, batch_size=4, val_every=1
+    images=24, splits="train=0.5,val=0.2,test=0.3", image_side=64, epochs=3, batch_size=4, val_every=1
 )
 
 
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="runs/demo", metavar="DIR", help="output folder (default: runs/demo)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a few tiny images and 1 epoch: a smoke test in seconds"
+        "--quick", action="store_true", help="a few tiny images and 3 epochs: a smoke test in seconds"
     )
     parser.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: the recipe's)")
     parser.add_argument(
