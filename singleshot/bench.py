@@ -319,14 +319,16 @@ def bench_runtimes(
                     rows.append(Row(label, t_ours, graph_times[r], goal=1.0, reference=r, images=batch))
                 if graph_times and device.type == "cpu":
                     rows.append(
-                        _auto_row(model, name, batch, images, dict(graphs), graph_times, threads, repeats)
+                        _auto_row(
+                            model, name, batch, images, dict(graphs), graph_times, threads, repeats, warmup
+                        )
                     )
     finally:
         torch.set_num_threads(old_threads)
     return rows
 
 
-def _auto_row(model, name, batch, images, graphs, graph_times, threads, repeats) -> Row:
+def _auto_row(model, name, batch, images, graphs, graph_times, threads, repeats, warmup) -> Row:
     """The default CPU inference (``runtime.load`` with ``"auto"``: the fastest measured here) against the
     graph runtime that was the faster in this bench."""
     from singleshot import runtime
@@ -338,7 +340,7 @@ def _auto_row(model, name, batch, images, graphs, graph_times, threads, repeats)
             lambda: auto.predict(images),
             lambda: graphs[faster].predict(images),
             repeats=repeats,
-            warmup=1,
+            warmup=warmup,
             device=torch.device("cpu"),
         )
     label = f"{name} predict, runtime auto ({auto.runtime}), batch {batch}, {threads} threads (per batch)"

@@ -56,10 +56,8 @@ from singleshot.files import write_bytes_atomic
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
-AUTO_ORDER = (
-    "onnxruntime",
-    "openvino",
-)  # the graph runtime "auto" takes for an .onnx file, when both are there
+# The graph runtime "auto" takes for an .onnx file, the first installed; a model's is measured (fastest_engine).
+AUTO_ORDER = ("onnxruntime", "openvino")
 CHOICES_FILE = "runtime-choices.json"
 CACHE_ENV = "SINGLESHOT_CACHE"
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # SSD -> {(runtime, ...): (key, engine)}
@@ -297,12 +295,13 @@ def load(
     if chosen == "torch":
         return TorchEngine(model.to(device))
     threads = torch.get_num_threads() if threads is None else threads
+    if runtime == "auto":
+        model = model.to(device)  # auto may choose PyTorch, which runs the model where it is
     engines = _ENGINES.setdefault(model, {})
     key = _state_key(model)
     slot = ("auto", threads, cache, batch) if runtime == "auto" else (chosen, threads, cache)
     cached = engines.get(slot)
     if cached is None or cached[0] != key:
-        model = model.cpu()
         if runtime == "auto":
             engine = fastest_engine(model, batch=batch, threads=threads, cache=cache)
         else:

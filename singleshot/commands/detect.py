@@ -321,8 +321,9 @@ def run(args: argparse.Namespace) -> int:
     )
     class_names = list(engine.class_names)
     _make_out_dir(out)
-    if runtime.describe_choice(engine):
-        print(f"singleshot detect: {runtime.describe_choice(engine)}", file=sys.stderr)
+    choice = runtime.describe_choice(engine)
+    if choice:
+        print(f"singleshot detect: {choice}", file=sys.stderr)
 
     def report(name: str, reason: str) -> None:
         tqdm.write(f"singleshot detect: skipped {name}: {reason}", file=sys.stderr)

@@ -141,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
         f"{args.checkpoint} on {where}: {len(dataset)} image{'s' if len(dataset) != 1 else ''} "
         f"(runtime {engine.runtime})"
     )
-    if runtime.describe_choice(engine):
-        print(runtime.describe_choice(engine))
+    choice = runtime.describe_choice(engine)
+    if choice:
+        print(choice)
     print(format_ap_table(result))
     for path in write_reports(result, args, len(dataset), split):
         print(f"wrote {path}")
