@@ -359,3 +359,101 @@ def test_imagenet_is_the_default_start_of_the_vgg_and_mobilenet_models_only_from
     assert config("--weights", f"torchvision:{SSDLITE}", "--model", SSDLITE).backbone_weights is None
     with pytest.raises(UserError, match="leave --backbone-weights out"):
         config("--weights", f"torchvision:{SSDLITE}", "--backbone-weights", "imagenet")
+
+
+# ------------------------------------------------------------------------------- --freeze and CPU AMP
+
+
+def _frozen_run(tmp_path, tiny_voc, messages, **kw):
+    """ssd_small fine-tuned from a checkpoint with ``kw`` (e.g. freeze); ``(the source, the result)``."""
+    names = _data_names(tiny_voc)
+    source = _small(names, seed=7)
+    path = save_checkpoint(tmp_path / "src.pt", source)
+    config = _config(tiny_voc, tmp_path / "run", weights=str(path), epochs=2, batch_size=4, **kw)
+    return source, _trainer(config, messages).fit()
+
+
+def test_a_frozen_backbone_keeps_its_weights_and_batch_norm_statistics_while_the_head_trains(
+    tmp_path, tiny_voc
+):
+    messages = []
+    source, result = _frozen_run(tmp_path, tiny_voc, messages, freeze=["backbone"])
+    before, after = source.state_dict(), result.model.state_dict()
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert any(k.endswith("running_mean") for k in backbone)  # ssd_small's batch norms are part of it
+    for key in backbone:
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["head.regression.0.weight"], before["head.regression.0.weight"])
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    trained = sum(1 for p in result.model.parameters() if p.requires_grad)
+    assert len(last["optimizer"]["state"]) == trained < len(list(result.model.parameters()))
+    assert last["config"]["freeze"] == ["backbone"]
+    fixed = sum(v.numel() for k, v in source.named_parameters() if k.startswith("backbone."))
+    assert f"frozen: backbone ({fixed / 1e6:.2f} M parameters keep their weights)" in messages
+    assert not any("stay random" in m for m in messages)  # the weights came from --weights
+
+
+def test_freeze_names_are_checked_and_a_random_start_is_said(tmp_path, tiny_voc):
+    from singleshot.engine.freeze import freeze
+
+    model = _small(["a", "b"], seed=0)
+    with pytest.raises(
+        UserError, match=r"--freeze 'backbone.stage' names no part .* did you mean 'backbone.stages'\?"
+    ):
+        freeze(model, ["backbone.stage"])
+    with pytest.raises(UserError, match="its parts are backbone, backbone.stages, head, head.classification"):
+        freeze(model, ["zzz"])
+    with pytest.raises(UserError, match="freezes every weight of the model; leave a part to train"):
+        freeze(model, ["backbone", "head"])
+    assert TrainConfig().updated({"freeze": "backbone, head.regression"}).freeze == [
+        "backbone",
+        "head.regression",
+    ]
+    assert TrainConfig().updated({"freeze": ["backbone"]}).freeze == ["backbone"]
+    messages = []
+    config = _config(
+        tiny_voc, tmp_path / "run", freeze=["head.regression"], image_size=64, model_options={"width": 8}
+    )
+    result = _trainer(config, messages).fit()
+    assert any("--freeze head.regression: the model starts from random weights" in m for m in messages)
+    assert all(not p.requires_grad for p in result.model.head.regression.parameters())
+
+
+def test_cpu_amp_trains_and_validates_in_bfloat16(tmp_path, tiny_voc):
+    """``amp`` on the CPU: the convolutions run in bfloat16 under autocast, no gradient scaling, finite
+    weights that moved; validation's detections come back in float32."""
+    from singleshot.engine.evaluation import detect_batch
+
+    messages, seen = [], set()
+    source = _small(_data_names(tiny_voc), seed=2)
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, _inputs, output: (
+            seen.add(output.dtype)
+            if isinstance(module, torch.nn.Conv2d) and isinstance(output, torch.Tensor)
+            else None
+        )
+    )
+    try:
+        path = save_checkpoint(tmp_path / "src.pt", source)
+        result = _trainer(_config(tiny_voc, tmp_path / "run", weights=str(path), amp=True), messages).fit()
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in seen
+    assert any(m.startswith("training ssd_small") and "cpu, AMP (bfloat16)" in m for m in messages)
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["config"]["amp"] is True and last["scaler"] == {}  # no gradient scaling in bfloat16
+    after = result.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert not torch.equal(after["head.regression.0.weight"], source.state_dict()["head.regression.0.weight"])
+    model = result.model.eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    mixed = detect_batch(model, images, [(64, 64)] * 2, amp=True)
+    assert all(d["boxes"].dtype == d["scores"].dtype == torch.float32 for d in mixed)
+    x = model.normalize(images)
+    with torch.no_grad():
+        full_logits = model(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed_logits = model(x)[0]
+    assert mixed_logits.dtype == torch.bfloat16
+    difference = (mixed_logits.float().softmax(-1) - full_logits.softmax(-1)).abs().max()
+    assert 0 < difference < 0.02  # bfloat16 rounds, and only that

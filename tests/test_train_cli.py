@@ -134,6 +134,9 @@ def test_resume_refuses_a_weights_only_checkpoint_and_changed_architecture(train
     err = capsys.readouterr().err.strip()
     assert "--model cannot change when resuming" in err and "(it was 'ssd_small')" in err
     assert len(err.splitlines()) == 1
+    argv = ["train", "--resume", str(trained_run / "last.pt"), "--freeze", "backbone", "--epochs", "3"]
+    assert main(argv) == 2
+    assert "--freeze cannot change when resuming" in capsys.readouterr().err
 
 
 def test_eval_prints_the_table_and_writes_json_and_pr_curves(trained_run, tiny_voc, tmp_path, capsys):

@@ -66,6 +66,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "validation and best.pt use it, last.pt keeps it for --resume",
     )
     model.add_argument(
+        "--freeze",
+        metavar="PARTS",
+        default=S,
+        help="comma-separated parts of the model that keep their start weights, e.g. backbone (fine-tuning "
+        "on few images) or backbone.conv4 (SSD300's conv1_1-conv4_3: a step takes less than half the time); "
+        "a name that is no part lists them (default: none)",
+    )
+    model.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="mixed precision: float16 on CUDA (the default there), bfloat16 on a CPU (off by default; "
+        "pays on CPUs with AVX-512 BF16 or AMX)",
+    )
+    model.add_argument(
         "--image-size",
         type=int,
         metavar="S",
@@ -218,6 +233,8 @@ _OPTION_KEYS = (
     "weights",
     "backbone_weights",
     "ema",
+    "freeze",
+    "amp",
     "image_size",
     "fit_boxes",
     "epochs",
@@ -245,6 +262,7 @@ _FIXED_ON_RESUME = (
     "format",
     "model_options",
     "ema",
+    "freeze",
 )
 
 

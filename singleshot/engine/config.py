@@ -53,7 +53,7 @@ class TrainConfig:
     final_lr_factor: float = 0.0
     workers: int | None = None
     device: str = "auto"
-    amp: bool | None = None
+    amp: bool | None = None  # None: on CUDA (float16); on the CPU only when true (bfloat16)
     channels_last: bool | None = None
     winograd: bool = True
     sync_bn: bool | None = None
@@ -68,6 +68,8 @@ class TrainConfig:
     # ImageNet weights of the backbone when training from scratch: "imagenet", "none" or a state dict's path;
     # None: none (singleshot train's default is "imagenet" for zoo.IMAGENET_BACKBONE_MODELS)
     backbone_weights: str | None = None
+    # parts of the model that keep their weights, e.g. ["backbone"] or "backbone.conv4,head" (engine.freeze)
+    freeze: str | list[str] = field(default_factory=list)
     ema: bool = False  # validate and save an exponential moving average of the weights (engine.ema)
     recipe: dict = field(default_factory=dict)  # written by the trainer: why each derived value was chosen
 
@@ -96,6 +98,9 @@ class TrainConfig:
             raise UserError(f"{source}: unknown key {unknown[0]!r}{hint}")
         types = {f.name: f.type for f in dataclasses.fields(self)}
         clean = {k: _coerce(k, v, types[k], source) for k, v in values.items()}
+        if "freeze" in clean:  # always a list of part names; "backbone,head" is two
+            items = [clean["freeze"]] if isinstance(clean["freeze"], str) else clean["freeze"]
+            clean["freeze"] = [name.strip() for item in items for name in item.split(",") if name.strip()]
         return dataclasses.replace(self, **clean)
 
     @property
@@ -155,6 +160,8 @@ CLI_KEYS = {
     "weights",
     "backbone_weights",
     "ema",
+    "freeze",
+    "amp",
     "image_size",
     "epochs",
     "time_budget",

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from singleshot.engine.distributed import World, all_gather_objects, shard
 from singleshot.engine.loader import ignore_stop_signals
+from singleshot.engine.precision import amp_dtype
 from singleshot.postprocess import postprocess
 
 TARGET_KEYS = ("boxes", "labels", "difficult", "iscrowd", "image_id")
@@ -62,7 +63,7 @@ def detect_batch(model, images: Tensor, image_sizes, *, amp: bool = False, chann
     x = model.normalize(images)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=amp):
         cls_logits, box_deltas = model.infer(x)  # on the CPU in float32 the fast network, else model(x)
     size = tuple(images.shape[-2:])
     priors = model.priors if size == tuple(model.image_size) else model.priors_for(size)

@@ -41,12 +41,14 @@ from singleshot.engine.config import OPTIMIZERS, TrainConfig, default_lr, defaul
 from singleshot.engine.distributed import World
 from singleshot.engine.ema import WeightAverage, run_average
 from singleshot.engine.evaluation import StopEvaluation, predict_dataset, score
+from singleshot.engine.freeze import freeze, hold_norms
 from singleshot.engine.loader import (
     EpochBatches,
     default_workers,
     make_loader,
     workers_stopped_after,
 )
+from singleshot.engine.precision import amp_dtype, cpu_has_bfloat16
 from singleshot.engine.recipe import BUDGET_EPOCH, adapt_config, epochs_in_budget, validation_interval
 from singleshot.engine.run_state import LossTerms, RunState
 from singleshot.engine.schedule import WarmupSchedule
@@ -84,6 +86,7 @@ class _Run:
     schedule: WarmupSchedule
     scaler: torch.amp.GradScaler
     ema: WeightAverage | None = None  # --ema: what validation and best.pt use
+    frozen: list = dataclasses.field(default_factory=list)  # --freeze: the parts that keep their weights
 
     @property
     def validated(self) -> torch.nn.Module:
@@ -230,10 +233,12 @@ class Trainer:
 
         config, device = self.config, self.world.device
         encoder = model.loss_fn()  # stays on the CPU, in the workers
+        frozen = freeze(model, config.freeze) if config.freeze else []  # before DDP sees the parameters
         model, core, loss_fn = self._place_model(model)
         sampler = EpochBatches(len(train_set), config.batch_size, config.seed, self.world)
         optimizer, schedule = self._optimizer(core, sampler.steps)
-        scaler = torch.amp.GradScaler(device.type, enabled=config.amp)
+        # float16 needs its gradients scaled; the CPU's bfloat16 has float32's range and does not
+        scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device) == torch.float16)
         state = RunState()
         if checkpoint is not None:
             state = self._restore(checkpoint, optimizer, schedule, scaler)
@@ -249,7 +254,7 @@ class Trainer:
             skip_invalid=config.skip_invalid,
         )
         ema = run_average(core, config.ema, checkpoint)
-        return _Run(model, core, loader, sampler, loss_fn, optimizer, schedule, scaler, ema), state
+        return _Run(model, core, loader, sampler, loss_fn, optimizer, schedule, scaler, ema, frozen), state
 
     def _place_model(self, model):
         """``(what a step calls, the SSD, its loss on the device)``: ``model`` on the device, in DDP (and
@@ -326,8 +331,24 @@ class Trainer:
             f"class{'es' if len(train_set.class_names) != 1 else ''} for "
             f"{_plural(config.epochs, 'epoch')} of {_plural(run.steps_per_epoch, 'step')}, "
             f"{world.size} x batch {config.batch_size}, {_OPTIMIZER_NAMES.get(config.optimizer, config.optimizer)} lr {config.lr:g}, "
-            f"{world.device}{', AMP' if config.amp else ''}; writing to {config.out}"
+            f"{world.device}{_precision(config.amp, world.device)}; writing to {config.out}"
         )
+        if run.frozen:
+            fixed = sum(p.numel() for part in run.frozen for p in part.parameters())
+            self._say(
+                f"frozen: {', '.join(config.freeze)} ({fixed / 1e6:.2f} M parameters keep their weights)"
+            )
+        random_start = not (self.resume or config.weights or config.backbone_weights not in (None, "none"))
+        if run.frozen and random_start:
+            self._say(
+                f"--freeze {','.join(config.freeze)}: the model starts from random weights (no "
+                "--weights, no --backbone-weights), so the frozen parts stay random"
+            )
+        if config.amp and world.device.type == "cpu" and not cpu_has_bfloat16():
+            self._say(
+                "AMP on this CPU: it has no native bfloat16 (AVX-512 BF16 or AMX), so mixed precision runs "
+                "slower than float32; leave --amp out"
+            )
         if len(train_set) < config.batch_size * world.size:  # warm-up is counted in steps
             warm = run.schedule.kwargs["warmup_steps"]
             self._say(
@@ -350,7 +371,7 @@ class Trainer:
             weight_decay=OPTIMIZERS[optimizer] if config.weight_decay is None else config.weight_decay,
             lr=config.lr or default_lr(config.model, global_batch, optimizer),
             device=str(device),
-            amp=cuda if config.amp is None else config.amp and cuda,
+            amp=cuda if config.amp is None else config.amp,  # on the CPU only when asked: bfloat16
             channels_last=True if config.channels_last is None else config.channels_last,
             sync_bn=(cuda and self.world.distributed) if config.sync_bn is None else config.sync_bn,
             metric=metric,
@@ -463,6 +484,7 @@ class Trainer:
         if state.step < run.steps_per_epoch:
             run.sampler.set_epoch(state.epoch, state.step)
             run.model.train()
+            hold_norms(run.frozen)
             stopped = self._run_steps(run, state, sums)
         if stopped:
             self._save_last(run, state)
@@ -531,7 +553,7 @@ class Trainer:
         labels = labels.to(device, non_blocking=True)
         offsets = offsets.to(device, non_blocking=True)
         lr = run.schedule.step()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=config.amp):
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=config.amp):
             x = run.core.normalize(images)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -855,6 +877,11 @@ def _short_data_name(config: TrainConfig) -> str:
     """The last two parts of each training data path, joined by " + " (a plot title)."""
     paths = config.data if isinstance(config.data, list) else [config.data]
     return " + ".join("/".join(Path(p).parts[-2:]) for p in paths)
+
+
+def _precision(amp: bool, device: torch.device) -> str:
+    """How the start line names mixed precision: ``, AMP (float16)`` or ``, AMP (bfloat16)``."""
+    return f", AMP ({str(amp_dtype(device)).removeprefix('torch.')})" if amp else ""
 
 
 def _plural(n: int, word: str) -> str:
