@@ -186,8 +186,7 @@ def cpu_name() -> str:
 
 def fastest_engine(model, *, batch: int = 1, threads: int | None = None, cache=None, measure=None):
     """The fastest engine for ``model`` (an SSD on the CPU) here at ``batch`` images: PyTorch or a graph
-    runtime, each timed with ``measure(engine, batch)`` (default: :func:`seconds_per_batch`, one warm-up and
-    two timed runs on random images at the input size). The choice and the timings are kept in
+    runtime, timed by :func:`interleaved_seconds` (or by ``measure(engine, batch)`` for each when given). The choice and the timings are kept in
     ``CHOICES_FILE`` of the graph cache under the graph's name, ``threads``, ``batch``, the CPU and the
     runtime versions, and read from there instead of measuring again. The engine's ``choice`` attribute
     holds ``{"runtime", "seconds": {runtime: s}, "batch", "measured": bool}``."""
@@ -203,9 +202,11 @@ def fastest_engine(model, *, batch: int = 1, threads: int | None = None, cache=N
         engine = _engine(model, stored["runtime"], path, threads)
         engine.choice = {**stored, "batch": batch, "measured": False}
         return engine
-    measure = measure or (lambda e, b: seconds_per_batch(e, b, repeats=2, warmup=1))
     engines = {r: _engine(model, r, path, threads) for r in ("torch", *candidates)}
-    seconds = {r: float(measure(e, batch)) for r, e in engines.items()}
+    if measure is None:
+        seconds = interleaved_seconds(engines, batch)
+    else:
+        seconds = {r: float(measure(e, batch)) for r, e in engines.items()}
     best = min(seconds, key=seconds.get)
     choices[key] = {"runtime": best, "seconds": seconds}
     with contextlib.suppress(OSError):  # an unwritable cache costs a measurement next time, nothing else
@@ -542,6 +543,41 @@ def evaluate(engine, data, *, split=None, format=None, metric=None, batch_size: 
         engine, dataset, batch_size=batch_size, workers=workers, progress=False
     )
     return score(predictions, targets, dataset, metric, engine.class_names), len(dataset), split, metric
+
+
+def interleaved_seconds(
+    engines: dict,
+    batch: int = 1,
+    *,
+    min_rounds: int = 3,
+    max_rounds: int = 15,
+    budget: float = 1.0,
+    clock=None,
+) -> dict[str, float]:
+    """Median seconds per batch of each of ``engines`` (``{name: engine}``) on ``batch`` random images at
+    the input size: one warm-up each, then rounds in which every engine runs once, so that a burst of load
+    hits all alike; at least ``min_rounds``, more while the rounds took less than ``budget`` seconds, at
+    most ``max_rounds``. Fast models get many runs (SSDLite: 15, under a second), slow ones few."""
+    import statistics
+    import time
+
+    clock = clock or time.perf_counter
+    g = torch.Generator().manual_seed(0)
+    first = next(iter(engines.values()))
+    images = torch.randint(0, 256, (batch, 3, *first.image_size), generator=g, dtype=torch.uint8)
+    sizes = [tuple(first.image_size)] * batch
+    for engine in engines.values():
+        engine.detect(images, sizes)
+    times = {name: [] for name in engines}
+    start = clock()
+    for done in range(1, max_rounds + 1):
+        for name, engine in engines.items():
+            t = clock()
+            engine.detect(images, sizes)
+            times[name].append(clock() - t)
+        if done >= min_rounds and clock() - start >= budget:
+            break
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def seconds_per_batch(engine, batch: int = 1, *, repeats: int = 5, warmup: int = 1, seed: int = 0) -> float:

@@ -133,3 +133,21 @@ def test_cli_export_int8_bad_options_are_one_sentence(tmp_path, capsys):
     ):
         assert main(["export", str(ckpt), *args]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_int8_advice_speaks_only_when_the_int8_graph_does_not_pay():
+    from singleshot.commands.export import int8_advice
+
+    assert int8_advice({"speed_up": 3.1, "map_change": -0.0016}) == []
+    assert int8_advice({"speed_up": 1.0, "map_change": -0.02}) == []  # the limits themselves pass
+    slower = int8_advice({"speed_up": 0.79, "map_change": 0.0})
+    assert slower == [
+        "the int8 graph is slower than float32 on this CPU (0.79x); deploy the float32 graph "
+        "(singleshot export CKPT without --int8)"
+    ]
+    both = int8_advice({"speed_up": 0.5, "map_change": -0.05})
+    assert (
+        len(both) == 2
+        and "loses 0.0500 mAP (more than 0.02)" in both[1]
+        and "--calibration-images" in both[1]
+    )

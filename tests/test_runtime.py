@@ -207,6 +207,38 @@ def test_auto_on_the_cpu_runs_the_fastest_measured_and_remembers_it(tmp_path, mo
     assert runtime.describe_choice(runtime.TorchEngine(model)) is None
 
 
+class _ClockedEngine:
+    """An engine whose ``detect`` advances a fake clock by its costs in turn (and records the order)."""
+
+    image_size = (8, 8)
+
+    def __init__(self, name, costs, clock, calls):
+        self.name, self.costs, self.clock, self.calls = name, list(costs), clock, calls
+
+    def detect(self, images, sizes):
+        assert images.shape == (len(sizes), 3, 8, 8) and images.dtype == torch.uint8
+        self.calls.append(self.name)
+        self.clock[0] += self.costs.pop(0) if self.costs else 0.001
+
+
+def test_interleaved_seconds_alternates_the_engines_and_takes_more_rounds_of_fast_ones():
+    clock, calls = [0.0], []
+    engines = {
+        "torch": _ClockedEngine(
+            "torch", [9.0, 0.30, 0.31, 0.90, 0.29], clock, calls
+        ),  # warm-up, then a burst
+        "onnxruntime": _ClockedEngine("onnxruntime", [9.0, 0.20, 0.60, 0.21, 0.22], clock, calls),
+    }
+    seconds = runtime.interleaved_seconds(engines, batch=2, budget=1.0, clock=lambda: clock[0])
+    # the warm-up is not timed; rounds alternate; three rounds took 1.5 s > 1 s, so it stops there
+    assert calls == ["torch", "onnxruntime"] * 4
+    assert seconds == {"torch": pytest.approx(0.31), "onnxruntime": pytest.approx(0.21)}
+    calls.clear()
+    fast = {name: _ClockedEngine(name, [], clock, calls) for name in ("torch", "openvino")}
+    runtime.interleaved_seconds(fast, budget=1.0, max_rounds=15, clock=lambda: clock[0])
+    assert calls == ["torch", "openvino"] * 16  # 1 ms each: the cap of 15 rounds after the warm-up
+
+
 @pytest.mark.slow
 def test_load_auto_measures_on_the_cpu_and_predicts_what_pytorch_predicts(tmp_path):
     model = _model(DEFAULT_MODEL)
