@@ -222,6 +222,7 @@ def test_background_prior_initialises_the_softmax():
     features = [torch.zeros(1, 8, 3, 3), torch.zeros(1, 8, 2, 2)]  # zero features: the biases alone
     scores = head(features)[0].softmax(-1)
     torch.testing.assert_close(scores, torch.tensor([0.9, 0.025, 0.025, 0.025, 0.025]).expand(1, 60, 5))
+    torch.manual_seed(0)  # the model's weights, and below the features: the same draw in any test order
     model = build_model("ssd_small", 3)
     # p = 0.99 over 2 other classes: b = log(0.99 * 2 / 0.01) = log(198)
     assert model.head.classification[0].bias.view(-1, 3)[:, 0].tolist() == [pytest.approx(math.log(198))] * 4
@@ -229,10 +230,11 @@ def test_background_prior_initialises_the_softmax():
     torch.manual_seed(0)
     features = [torch.randn(2, c, 6, 6).relu() for c in model.backbone.out_channels]
     background = model.head(features)[0].softmax(-1)[..., 0]
-    assert 0.97 < background.min() and abs(background.mean().item() - 0.99) < 0.005
+    # (over seeds 0-11 of the model: minimum 0.964-0.983, mean 0.989-0.990)
+    assert 0.95 < background.min() and abs(background.mean().item() - 0.99) < 0.005
     xavier = SSDHead([8, 8], [4, 6], 5)  # without a prior: the paper's initialisation, zero biases
-    assert all(float(c.bias.abs().max()) == 0 for c in xavier.classification)
-    assert float(xavier.classification[0].weight.std()) > 0.05
+    assert all(float(c.bias.detach().abs().max()) == 0 for c in xavier.classification)
+    assert float(xavier.classification[0].weight.detach().std()) > 0.05
 
 
 def test_channels_last_and_autocast_give_the_same_detections(rng):
