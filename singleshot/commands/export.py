@@ -218,7 +218,7 @@ INT8_MIN_SPEED_UP = 1.1
 def int8_advice(report: dict) -> list[str]:
     """Sentences for an int8 graph that does not pay: under :data:`INT8_MIN_SPEED_UP` times as fast as its
     float32 graph here, or losing more than :data:`INT8_MAP_LOSS` mAP. (A trained SSDLite's int8 graph ran
-    at 0.79x and 0.99x of float32 in two runs in onnxruntime on a Zen 4, SSD300's at 3x.)"""
+    at 0.79-0.99x of float32 in three runs in onnxruntime on a Zen 4, SSD300's at 3x.)"""
     advice = []
     if report["speed_up"] < INT8_MIN_SPEED_UP:
         advice.append(
