@@ -186,9 +186,9 @@ def cpu_name() -> str:
 
 def fastest_engine(model, *, batch: int = 1, threads: int | None = None, cache=None, measure=None):
     """The fastest engine for ``model`` (an SSD on the CPU) here at ``batch`` images: PyTorch or a graph
-    runtime, timed by :func:`interleaved_seconds` (or by ``measure(engine, batch)`` for each when given). The choice and the timings are kept in
-    ``CHOICES_FILE`` of the graph cache under the graph's name, ``threads``, ``batch``, the CPU and the
-    runtime versions, and read from there instead of measuring again. The engine's ``choice`` attribute
+    runtime, timed by :func:`interleaved_seconds` (or by ``measure(engine, batch)`` for each when given).
+    The choice and the timings are kept in ``CHOICES_FILE`` of the graph cache under the graph's name,
+    ``threads``, ``batch``, the CPU and the runtime versions, and read from there instead of measuring again. The engine's ``choice`` attribute
     holds ``{"runtime", "seconds": {runtime: s}, "batch", "measured": bool}``."""
     threads = torch.get_num_threads() if threads is None else threads
     candidates = [r for r in installed_runtimes() if r != "torch"]
@@ -552,22 +552,25 @@ def interleaved_seconds(
     min_rounds: int = 3,
     max_rounds: int = 15,
     budget: float = 1.0,
+    warmup: int = 1,
+    seed: int = 0,
     clock=None,
 ) -> dict[str, float]:
     """Median seconds per batch of each of ``engines`` (``{name: engine}``) on ``batch`` random images at
-    the input size: one warm-up each, then rounds in which every engine runs once, so that a burst of load
-    hits all alike; at least ``min_rounds``, more while the rounds took less than ``budget`` seconds, at
-    most ``max_rounds``. Fast models get many runs (SSDLite: 15, under a second), slow ones few."""
+    the input size: ``warmup`` untimed runs each, then rounds in which every engine runs once, so that a
+    burst of load hits all alike; at least ``min_rounds``, more while the rounds took less than ``budget``
+    seconds, at most ``max_rounds``. Fast models get many runs (SSDLite: 15, under a second), slow ones few."""
     import statistics
     import time
 
     clock = clock or time.perf_counter
-    g = torch.Generator().manual_seed(0)
-    first = next(iter(engines.values()))
-    images = torch.randint(0, 256, (batch, 3, *first.image_size), generator=g, dtype=torch.uint8)
-    sizes = [tuple(first.image_size)] * batch
-    for engine in engines.values():
-        engine.detect(images, sizes)
+    g = torch.Generator().manual_seed(seed)
+    size = tuple(next(iter(engines.values())).image_size)
+    images = torch.randint(0, 256, (batch, 3, *size), generator=g, dtype=torch.uint8)
+    sizes = [size] * batch
+    for _ in range(warmup):
+        for engine in engines.values():
+            engine.detect(images, sizes)
     times = {name: [] for name in engines}
     start = clock()
     for done in range(1, max_rounds + 1):
@@ -581,18 +584,7 @@ def interleaved_seconds(
 
 
 def seconds_per_batch(engine, batch: int = 1, *, repeats: int = 5, warmup: int = 1, seed: int = 0) -> float:
-    """Median wall time of ``engine.detect`` on ``batch`` random uint8 images at the input size."""
-    import statistics
-    import time
-
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 3, *engine.image_size), generator=g, dtype=torch.uint8)
-    sizes = [tuple(engine.image_size)] * batch
-    for _ in range(warmup):
-        engine.detect(images, sizes)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        engine.detect(images, sizes)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time of ``engine.detect`` on ``batch`` random uint8 images at the input size
+    (``repeats`` timed runs after ``warmup`` untimed ones)."""
+    rounds = {"min_rounds": repeats, "max_rounds": repeats, "warmup": warmup, "seed": seed}
+    return interleaved_seconds({"engine": engine}, batch, **rounds)["engine"]

@@ -338,12 +338,11 @@ class Trainer:
             self._say(
                 f"frozen: {', '.join(config.freeze)} ({fixed / 1e6:.2f} M parameters keep their weights)"
             )
-        random_start = not (self.resume or config.weights or config.backbone_weights not in (None, "none"))
-        if run.frozen and random_start:
-            self._say(
-                f"--freeze {','.join(config.freeze)}: the model starts from random weights (no "
-                "--weights, no --backbone-weights), so the frozen parts stay random"
-            )
+            if not (self.resume or config.weights or config.backbone_weights not in (None, "none")):
+                self._say(
+                    f"--freeze {','.join(config.freeze)}: the model starts from random weights (no "
+                    "--weights, no --backbone-weights), so the frozen parts stay random"
+                )
         if config.amp and world.device.type == "cpu" and not cpu_has_bfloat16():
             self._say(
                 "AMP on this CPU: it has no native bfloat16 (AVX-512 BF16 or AMX), so mixed precision runs "
